@@ -1,0 +1,66 @@
+"""Choose between the eager and the ``torch.compile``d fake-quant kernel.
+
+The eager code is the definition; the compiled one is the same code fused into a
+single pass over memory (tests check that both agree bit for bit). Compilation
+costs seconds once per format and pays off only on large tensors, so small
+tensors stay eager. ``LOWBIT_COMPILE=0`` turns compilation off; ``=1`` forces it
+even for small tensors. A failure to compile (no C++ compiler, an unsupported
+device) falls back to eager once, with a warning, and is not retried.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import torch
+
+MIN_NUMEL = 1 << 18  # below this, kernel launch and guard overhead outweigh fusion
+
+_compiled: dict = {}
+_broken = False
+
+
+def mode() -> str:
+    value = os.environ.get("LOWBIT_COMPILE", "auto").strip().lower()
+    return {"0": "off", "false": "off", "off": "off", "1": "on", "true": "on", "on": "on"}.get(value, "auto")
+
+
+def _want_compile(x: torch.Tensor) -> bool:
+    if _broken:
+        return False
+    m = mode()
+    if m == "off":
+        return False
+    if m == "on":
+        return True
+    return x.numel() >= MIN_NUMEL and x.device.type in ("cpu", "cuda")
+
+
+def _kernel(fmt, need_mask: bool):
+    key = (fmt.name, need_mask)
+    fn = _compiled.get(key)
+    if fn is None:
+        def impl(x, amax):
+            return fmt._fake_quant_impl(x, amax, need_mask)
+
+        # Dynamo caches compiled code per code object; a code object of its own per
+        # format keeps one format's recompilations from evicting or slowing another's.
+        tag = re.sub(r"\W", "_", fmt.name)
+        impl.__code__ = impl.__code__.replace(co_name=f"fake_quant_{tag}{'_ste' if need_mask else ''}")
+        fn = torch.compile(impl, dynamic=None, fullgraph=True)
+        _compiled[key] = fn
+    return fn
+
+
+def run(fmt, x: torch.Tensor, amax, need_mask: bool):
+    global _broken
+    if _want_compile(x):
+        try:
+            return _kernel(fmt, need_mask)(x, amax)
+        except Exception as exc:  # compiler missing or unsupported op: eager is always correct
+            _broken = True
+            warnings.warn(f"torch.compile unavailable for fake quantization ({type(exc).__name__}: {exc}); "
+                          "using the eager path", RuntimeWarning, stacklevel=3)
+    return fmt._fake_quant_impl(x, amax, need_mask)

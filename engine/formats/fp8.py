@@ -1,0 +1,45 @@
+"""FP8 E4M3 (max 448, no inf) and E5M2 (max 57344) with one fp32 scale per group."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Format
+from .numerics import finite_abs, round_minifloat, safe_scale
+
+# element name -> (mantissa bits, smallest normal exponent, largest magnitude, torch dtype)
+FP8_ELEMENTS = {
+    "e4m3": (3, -6, 448.0, torch.float8_e4m3fn),
+    "e5m2": (2, -14, 57344.0, torch.float8_e5m2),
+}
+
+
+class FP8Format(Format):
+    def __init__(self, name: str, element: str, granularity: str, block=None):
+        self.name, self.granularity, self.block = name, granularity, block
+        self.element = element
+        self.mbits, self.emin, self.maxval, self.torch_dtype = FP8_ELEMENTS[element]
+        self.bits = 8
+        self.scale_type = "fp32"
+        self.description = f"FP8 {element.upper()} (max {self.maxval:g}), scale = amax / {self.maxval:g}, saturating"
+
+    def _scale(self, xg, amax):
+        a = finite_abs(xg).amax(-1, keepdim=True) if amax is None else amax
+        return safe_scale(a / self.maxval)
+
+    def _grouped_fake_quant(self, xg, amax, need_mask):
+        s = self._scale(xg, amax)
+        y = xg / s
+        out = round_minifloat(y, self.mbits, self.emin, self.maxval) * s
+        return out, (y.abs() <= self.maxval if need_mask else None)
+
+    def _grouped_quantize(self, xg, amax):
+        s = self._scale(xg, amax)
+        q = round_minifloat(xg / s, self.mbits, self.emin, self.maxval)
+        return {"codes": q.to(self.torch_dtype), "scale": s}
+
+    def _decode(self, q):
+        return q.codes.float()
+
+    def _dequant_scale(self, q):
+        return q.scale

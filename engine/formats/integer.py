@@ -1,0 +1,102 @@
+"""Integer formats of 2 to 8 bits: symmetric (scale = amax / qmax) or asymmetric."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Format
+from .numerics import finite_abs, round_int, safe_scale
+
+
+class IntFormat(Format):
+    """Symmetric signed integers on the narrow grid [-qmax, qmax], qmax = 2**(bits-1) - 1.
+
+    The grid is symmetric so that 2 bits give the ternary {-1, 0, 1}.
+    """
+
+    def __init__(self, name: str, bits: int, granularity: str, block=None):
+        if not 2 <= bits <= 8:
+            raise ValueError(f"integer formats take 2 to 8 bits, not {bits}")
+        self.name, self.bits, self.granularity, self.block = name, bits, granularity, block
+        self.qmax = float(2 ** (bits - 1) - 1)
+        self.scale_type = "fp32"
+        self.description = f"signed {bits}-bit integers, symmetric, scale = amax / {int(self.qmax)}"
+
+    def _scale(self, xg, amax):
+        a = finite_abs(xg).amax(-1, keepdim=True) if amax is None else amax
+        return safe_scale(a / self.qmax)
+
+    def _grouped_fake_quant(self, xg, amax, need_mask):
+        s = self._scale(xg, amax)
+        y = xg / s
+        out = round_int(y, -self.qmax, self.qmax) * s
+        return out, (y.abs() <= self.qmax if need_mask else None)
+
+    def _grouped_quantize(self, xg, amax):
+        s = self._scale(xg, amax)
+        codes = round_int(xg / s, -self.qmax, self.qmax)
+        return {"codes": torch.nan_to_num(codes).to(torch.int8), "scale": s}
+
+    def _decode(self, q):
+        return q.codes.float()
+
+    def _dequant_scale(self, q):
+        return q.scale
+
+
+class AsymIntFormat(Format):
+    """Unsigned codes 0 .. 2**bits - 1 with a per-group zero point.
+
+    The range always includes zero, so zero stays exact:
+    lo = min(x, 0), hi = max(x, 0), scale = (hi - lo) / (2**bits - 1),
+    zero_point = round(-lo / scale), x_hat = (clamp(round(x / scale) + zp) - zp) * scale.
+    """
+
+    calibratable = False
+
+    def __init__(self, name: str, bits: int, granularity: str, block=None):
+        if not 2 <= bits <= 8:
+            raise ValueError(f"integer formats take 2 to 8 bits, not {bits}")
+        self.name, self.bits, self.granularity, self.block = name, bits, granularity, block
+        self.levels = float(2 ** bits - 1)
+        self.scale_type = "fp32 + zero point"
+        self.description = f"unsigned {bits}-bit integers with a zero point (asymmetric)"
+
+    def _extra_bits(self, row):
+        # the zero point is stored in `bits` bits per group
+        if self.granularity == "block":
+            return self.bits / self.block
+        return self.bits / row if self.granularity == "channel" else 0.0
+
+    def _params(self, xg):
+        fin = torch.isfinite(xg)
+        lo = torch.where(fin, xg, 0.0).amin(-1, keepdim=True).clamp(max=0.0)
+        hi = torch.where(fin, xg, 0.0).amax(-1, keepdim=True).clamp(min=0.0)
+        s = safe_scale((hi - lo) / self.levels)
+        zp = round_int(-lo / s, 0.0, self.levels)
+        return s, zp
+
+    def _grouped_fake_quant(self, xg, amax, need_mask):
+        s, zp = self._params(xg)
+        y = torch.round(xg / s) + zp
+        out = (y.clamp(0.0, self.levels) - zp) * s
+        return out, ((y >= 0) & (y <= self.levels) if need_mask else None)
+
+    def _grouped_quantize(self, xg, amax):
+        s, zp = self._params(xg)
+        codes = (torch.round(xg / s) + zp).clamp(0.0, self.levels)
+        return {"codes": torch.nan_to_num(codes).to(torch.uint8), "scale": s, "zero_point": zp.to(torch.uint8)}
+
+    def _decode(self, q):
+        return q.codes.float()
+
+    def dequantize(self, q, dtype=None):
+        if q.format != self.name:
+            raise ValueError(f"cannot dequantize a {q.format} tensor with format {self.name}")
+        with torch.no_grad():
+            vg = self.group_view(q.codes.float())
+            shape = vg.shape[:-1] + (1,)
+            s = q.scale.float().reshape(shape)
+            zp = q.zero_point.float().reshape(shape)
+            y = self.ungroup((vg - zp) * s, q.codes)
+        return y.to(dtype or q.dtype)

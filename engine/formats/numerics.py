@@ -1,0 +1,71 @@
+"""Element grids and scale arithmetic shared by every format.
+
+Everything here is pure, vectorised torch on float32 so that the same code runs
+eagerly on any device and fuses into one kernel under ``torch.compile``.
+
+Conventions pinned down by the tests:
+- rounding is to the nearest grid value, ties to the even code;
+- values beyond the grid saturate to its largest magnitude (``+-inf`` too);
+- NaN stays NaN at its own position and does not leak into its block's scale:
+  scales are computed from the finite magnitudes only;
+- a scale that would be zero (an all-zero block, or an amax that underflows)
+  is replaced by a neutral one, so such blocks come back as exact zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_EXP_MASK = 0x7F800000
+
+
+def finite_abs(x: torch.Tensor) -> torch.Tensor:
+    """|x| with NaN and +-inf replaced by 0, so they do not set a scale."""
+    return torch.where(torch.isfinite(x), x.abs(), 0.0)
+
+
+def round_int(y: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Saturate to [lo, hi], then round half to even onto the integers."""
+    return torch.round(y.clamp(lo, hi))
+
+
+def round_minifloat(y: torch.Tensor, mbits: int, emin: int, maxval: float) -> torch.Tensor:
+    """Round float32 ``y`` onto a sign-magnitude minifloat grid, ties to even.
+
+    The grid has ``mbits`` mantissa bits, smallest normal exponent ``emin``
+    (subnormals below it) and largest finite magnitude ``maxval``; values beyond
+    saturate. Works for E4M3 (3, -6, 448), E5M2 (2, -14, 57344), E2M1 (1, 0, 6),
+    E3M2 (2, -2, 28) and E2M3 (3, 0, 7.5).
+
+    The quantum of ``y``'s binade is 2**(floor(log2|y|) - mbits), read straight
+    from the float32 exponent bits (no log, so no off-by-one near powers of two),
+    and never smaller than the subnormal quantum 2**(emin - mbits). Dividing and
+    multiplying by a power of two is exact, so ``torch.round`` (half to even)
+    does the whole rounding; a carry into the next binade lands on an even code.
+    """
+    y = y.clamp(-maxval, maxval)
+    binade = (y.view(torch.int32) & _EXP_MASK).view(torch.float32)
+    quantum = torch.clamp(binade * (2.0 ** -mbits), min=2.0 ** (emin - mbits))
+    return torch.round(y / quantum) * quantum
+
+
+def safe_scale(s: torch.Tensor) -> torch.Tensor:
+    """Replace zero (or negative / NaN) scales by 1: such blocks hold only zeros."""
+    return torch.where(s > 0, s, 1.0)
+
+
+def floor_log2(a: torch.Tensor) -> torch.Tensor:
+    """floor(log2(a)) for positive normal float32 ``a``, as int32; 0 and subnormals give -127."""
+    return ((a.view(torch.int32) >> 23) & 0xFF) - 127
+
+
+def exp2_int(k: torch.Tensor) -> torch.Tensor:
+    """2**k as float32 for integer k in [-127, 127], built from bits (exact)."""
+    k = k.to(torch.int32)
+    normal = ((k.clamp(min=-126) + 127) << 23).view(torch.float32)
+    return torch.where(k < -126, normal * 0.5, normal)
+
+
+def e4m3_round(y: torch.Tensor) -> torch.Tensor:
+    """Saturating round to the FP8 E4M3 grid, returned as float32."""
+    return round_minifloat(y, 3, -6, 448.0)
