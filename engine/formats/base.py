@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _compile
+from .numerics import finite_abs
 
 
 @dataclass
@@ -62,6 +63,11 @@ class Format:
     scale_bits: int = 32  # bits of one stored scale
     description: str = ""
     calibratable: bool = True  # whether a calibrated amax can replace the dynamic one
+
+    @property
+    def has_tensor_scale(self) -> bool:
+        """True when one scale covers the whole tensor, so activations can use a calibrated (static) one."""
+        return self.granularity == "tensor"
 
     # -- descriptive ---------------------------------------------------------------
     def effective_bits(self, row: int = 4096) -> float:
@@ -122,6 +128,14 @@ class Format:
         if self.granularity == "channel":
             return shape[:-1] + (1,)
         return shape[:-1] + (math.ceil(shape[-1] / self.block),)
+
+    def amax_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The amax a calibrator records for ``x``: a scalar for a tensor-wide scale,
+        else one value per group (``scale_shape`` without the trailing 1 of channels)."""
+        mag = finite_abs(self.group_view(x))
+        if self.has_tensor_scale:
+            return mag.amax()
+        return mag.amax(-1).reshape(self.scale_shape(x.shape))
 
     def _amax_grouped(self, amax: Optional[torch.Tensor], xg: torch.Tensor) -> Optional[torch.Tensor]:
         """Bring a calibrated amax to the grouped layout ([..., 1] per group)."""

@@ -61,6 +61,7 @@ def minifloat_decode(codes: torch.Tensor, ebits: int, mbits: int) -> torch.Tenso
 
 class NVFP4Format(Format):
     calibratable = True  # a calibrated amax sets the per-tensor scale s2
+    has_tensor_scale = True
 
     def __init__(self, name: str = "nvfp4"):
         self.name, self.bits, self.granularity, self.block = name, 4, "block", 16

@@ -1,0 +1,139 @@
+"""``lowbit run`` and ``lowbit quantize``: runs from a recipe file or from flags."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+from .errors import LowbitError
+
+
+def _run_recipe(recipe, out: str, quiet: bool = False) -> int:
+    from .events import ConsoleSink
+    from .runner import run
+
+    out_dir = Path(out)
+    if out_dir.exists() and (out_dir / "report.json").exists():
+        raise LowbitError(f"{out_dir} already holds a finished run (report.json); choose a new --out folder")
+    sink = None if quiet else ConsoleSink()
+    result = run(recipe, sink=sink, run_dir=out_dir)
+    print_summary(result.report)
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return str(v)
+
+
+def print_summary(report: Dict[str, Any], out=None) -> None:
+    out = out or sys.stdout
+    rows = [("baseline", report.get("baseline", {})), ("ptq", report.get("ptq", {}))]
+    if "final" in report:
+        rows.append((report.get("mode", "final"), report["final"]))
+    if "finetune_only" in report:
+        rows.append(("finetune (no quant)", report["finetune_only"]))
+    keys = [k for k in ("perplexity", "kl", "top1_agreement", "cosine", "embedding_cosine", "mse")
+            if any(k in r for _, r in rows)]
+    out.write(f"\n{report.get('scheme', '')} ({report.get('mode', '')})\n")
+    out.write(f"{'':<20}" + "".join(f"{k:>18}" for k in keys) + "\n")
+    for label, r in rows:
+        out.write(f"{label:<20}" + "".join(f"{_fmt(r[k]) if k in r else '-':>18}" for k in keys) + "\n")
+
+
+def cmd_run(args) -> int:
+    from .recipe import Recipe
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "recipe.yaml").exists():
+            raise LowbitError(f"{run_dir} is not a run folder (no recipe.yaml); give the folder of the run to resume")
+        from .events import ConsoleSink
+        from .runner import run
+
+        result = run(Recipe.load(run_dir / "recipe.yaml"), sink=None if args.quiet else ConsoleSink(),
+                     run_dir=run_dir, resume=True)
+        print_summary(result.report)
+        print(f"run folder: {result.run_dir}")
+        return 0
+    if not args.recipe or not args.out:
+        raise LowbitError("give a recipe file and --out RUN_DIR, or --resume RUN_DIR")
+    recipe = Recipe.load(args.recipe)
+    return _run_recipe(recipe, args.out, args.quiet)
+
+
+def recipe_from_args(args):
+    from .recipe import Recipe
+
+    if not args.model:
+        raise LowbitError("--model is required: a Hugging Face model folder (config.json + safetensors)")
+    if not args.data:
+        raise LowbitError("--data is required: a .txt file, a folder of .txt files, or a .jsonl file")
+    d: Dict[str, Any] = {
+        "model": {"path": args.model},
+        "data": {"path": args.data, "eval_path": args.eval_data},
+        "quant": {"scheme": args.scheme},
+        "mode": args.mode,
+        "device": args.device,
+        "seed": args.seed,
+    }
+    for flag, key in (("seq_len", "seq_len"), ("batch_size", "batch_size"), ("calib_batches", "calib_batches"),
+                      ("eval_batches", "eval_batches")):
+        if getattr(args, flag) is not None:
+            d["data"][key] = getattr(args, flag)
+    if args.weight_format:
+        d["quant"]["weight"] = args.weight_format
+    if args.act_format:
+        d["quant"]["activation"] = args.act_format
+    if args.calib_method:
+        d["calibration"] = {"method": args.calib_method}
+    train = {}
+    for flag in ("steps", "lr", "kd_temperature", "kd_alpha"):
+        if getattr(args, flag, None) is not None:
+            train[flag] = getattr(args, flag)
+    if train:
+        d["train"] = train
+    if getattr(args, "export", None):
+        d["export"] = {"format": args.export}
+    return Recipe.from_dict(d, require_version=False)
+
+
+def cmd_quantize(args) -> int:
+    recipe = recipe_from_args(args)
+    return _run_recipe(recipe, args.out, args.quiet)
+
+
+def register(sub) -> None:
+    r = sub.add_parser("run", help="run a recipe file (YAML or JSON)")
+    r.add_argument("recipe", nargs="?", help="recipe file")
+    r.add_argument("--out", help="run folder to create")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("quantize", help="quantize a model from flags (writes the recipe it used into --out)")
+    q.add_argument("--model", help="Hugging Face model folder")
+    q.add_argument("--data", help="calibration / training text (.txt, folder of .txt, .jsonl)")
+    q.add_argument("--eval-data", help="separate evaluation text (default: a held-out part of --data)")
+    q.add_argument("--scheme", default="W4A16-INT4", help="named scheme (see `lowbit formats`) or 'custom'")
+    q.add_argument("--weight-format", help="weight format, overriding the scheme's ('none' keeps weights)")
+    q.add_argument("--act-format", help="activation format, overriding the scheme's ('none' keeps them)")
+    q.add_argument("--mode", choices=["ptq", "qat", "qad"], default="ptq")
+    q.add_argument("--calib-method", choices=["max", "percentile", "mse"])
+    q.add_argument("--calib-batches", type=int)
+    q.add_argument("--eval-batches", type=int)
+    q.add_argument("--batch-size", type=int)
+    q.add_argument("--seq-len", type=int)
+    q.add_argument("--steps", type=int, help="training steps (qat / qad)")
+    q.add_argument("--lr", type=float, help="learning rate (qat / qad)")
+    q.add_argument("--kd-temperature", type=float, help="distillation temperature (qad)")
+    q.add_argument("--kd-alpha", type=float, help="weight of the distillation loss against the task loss (qad)")
+    q.add_argument("--export", choices=["compressed-tensors", "modelopt", "dense"], help="export after the run")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="run folder to create")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=cmd_quantize)

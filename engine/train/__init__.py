@@ -1,0 +1,73 @@
+"""The training stage of a run: QAT or QAD after calibration."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..quant.select import remove_quantization
+from .loop import Trainer, TrainSettings, latest_checkpoint, lr_factor  # noqa: F401
+
+
+def frozen_original(model: torch.nn.Module, device=None) -> torch.nn.Module:
+    """A full-precision, frozen copy of ``model`` as it is now (quantizers removed)."""
+    teacher = copy.deepcopy(model)
+    remove_quantization(teacher)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if device is not None:
+        teacher.to(device)
+    return teacher
+
+
+def settings_from_recipe(recipe) -> TrainSettings:
+    t = recipe.train
+    return TrainSettings(
+        mode=recipe.mode, steps=t.steps, lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+        schedule=t.schedule, batch_size=t.batch_size or recipe.data.batch_size, grad_accum=t.grad_accum,
+        grad_clip=t.grad_clip, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+        kd_temperature=t.kd_temperature, kd_alpha=t.kd_alpha, kd_hidden_weight=t.kd_hidden_weight,
+        gradient_checkpointing=t.gradient_checkpointing, early_stop_perplexity=t.early_stop_perplexity,
+        seed=recipe.seed,
+    )
+
+
+def train_stage(ctx) -> None:
+    """Fine-tune the calibrated student; adds ``final``, ``loss_history`` and ``train`` to the report."""
+    from ..analysis.metrics import evaluate
+    from ..runner import resolve_device
+
+    r = ctx.recipe
+    model = ctx.loaded.model
+    teacher_device = resolve_device(r.train.teacher_device) if r.train.teacher_device else ctx.device
+    teacher = frozen_original(model, teacher_device)
+    settings = settings_from_recipe(r)
+    eval_batches = ctx.batches(ctx.splits.eval, r.data.eval_batches)
+
+    def eval_fn(step: int):
+        res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher)
+        return {k: v for k, v in res["quantized"].items() if k != "tokens"}
+
+    trainer = Trainer(model, teacher, ctx.loaded.kind, ctx.splits.train, settings, ctx.device, ctx.sink,
+                      ctx.cancel, checkpoint_dir=ctx.run_dir / "checkpoints", evaluate=eval_fn)
+    resume_from = getattr(ctx, "resume_from", None)
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+        ctx.log(f"resumed from {resume_from.name} (step {trainer.step} of {settings.steps})")
+    with ctx.stage("train", settings.steps, detail=f"{r.mode.upper()}, {settings.steps} steps"):
+        summary = trainer.fit()
+    with ctx.stage(f"evaluate final", len(eval_batches)) as prog:
+        res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher,
+                       on_batch=lambda i: prog.step())
+    final = res["quantized"]
+    for k, v in final.items():
+        if k != "tokens":
+            ctx.metric("final", k, v)
+    ctx.report["final"] = final
+    ctx.report["quantized"] = final
+    ctx.report["train"] = summary
+    ctx.report["loss_history"] = trainer.history
+    ctx.report["eval_history"] = trainer.evals
+    del teacher
