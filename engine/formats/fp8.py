@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Format
-from .numerics import finite_abs, round_minifloat, safe_scale
+from .numerics import finite_abs, round_minifloat, split_scale
 
 # element name -> (mantissa bits, smallest normal exponent, largest magnitude, torch dtype)
 FP8_ELEMENTS = {
@@ -24,18 +24,19 @@ class FP8Format(Format):
         self.description = f"FP8 {element.upper()} (max {self.maxval:g}), scale = amax / {self.maxval:g}, saturating"
 
     def _scale(self, xg, amax):
+        """(amax, divisor, multiplier, ok) of each group; see ``split_scale``."""
         a = finite_abs(xg).amax(-1, keepdim=True) if amax is None else amax
-        return safe_scale(a / self.maxval)
+        return (a,) + split_scale(a / self.maxval)
 
     def _grouped_fake_quant(self, xg, amax, need_mask):
-        s = self._scale(xg, amax)
-        y = xg / s
-        out = round_minifloat(y, self.mbits, self.emin, self.maxval) * s
-        return out, (y.abs() <= self.maxval if need_mask else None)
+        a, s, s_out, ok = self._scale(xg, amax)
+        out = round_minifloat(xg / s, self.mbits, self.emin, self.maxval) * s_out
+        # clipped <=> |x| > amax, the exact form of |x / s| > maxval (see IntFormat)
+        return out, ((xg.abs() <= a) & (ok | (xg == 0)) if need_mask else None)
 
     def _grouped_quantize(self, xg, amax):
-        s = self._scale(xg, amax)
-        q = round_minifloat(xg / s, self.mbits, self.emin, self.maxval)
+        _, s, _, ok = self._scale(xg, amax)
+        q = round_minifloat(xg / s, self.mbits, self.emin, self.maxval) * ok.float()
         return {"codes": q.to(self.torch_dtype), "scale": s}
 
     def _decode(self, q):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Format
-from .numerics import finite_abs, round_int, safe_scale
+from .numerics import finite_abs, round_int, split_scale
 
 
 class IntFormat(Format):
@@ -23,18 +23,21 @@ class IntFormat(Format):
         self.description = f"signed {bits}-bit integers, symmetric, scale = amax / {int(self.qmax)}"
 
     def _scale(self, xg, amax):
+        """(amax, divisor, multiplier, ok) of each group; see ``split_scale``."""
         a = finite_abs(xg).amax(-1, keepdim=True) if amax is None else amax
-        return safe_scale(a / self.qmax)
+        return (a,) + split_scale(a / self.qmax)
 
     def _grouped_fake_quant(self, xg, amax, need_mask):
-        s = self._scale(xg, amax)
-        y = xg / s
-        out = round_int(y, -self.qmax, self.qmax) * s
-        return out, (y.abs() <= self.qmax if need_mask else None)
+        a, s, s_out, ok = self._scale(xg, amax)
+        out = round_int(xg / s, -self.qmax, self.qmax) * s_out
+        # clipped <=> |x| > amax: the exact form of |x / s| > qmax for s = amax / qmax.
+        # Comparing x / s in float32 would drop the gradient of the very element that
+        # set a dynamic scale whenever the rounding of amax / qmax lands just below.
+        return out, ((xg.abs() <= a) & (ok | (xg == 0)) if need_mask else None)
 
     def _grouped_quantize(self, xg, amax):
-        s = self._scale(xg, amax)
-        codes = round_int(xg / s, -self.qmax, self.qmax)
+        _, s, _, ok = self._scale(xg, amax)
+        codes = round_int(xg / s, -self.qmax, self.qmax) * ok.float()
         return {"codes": torch.nan_to_num(codes).to(torch.int8), "scale": s}
 
     def _decode(self, q):
@@ -50,6 +53,7 @@ class AsymIntFormat(Format):
     The range always includes zero, so zero stays exact:
     lo = min(x, 0), hi = max(x, 0), scale = (hi - lo) / (2**bits - 1),
     zero_point = round(-lo / scale), x_hat = (clamp(round(x / scale) + zp) - zp) * scale.
+    Rounding is half to even on x / scale (before the zero point is added).
     """
 
     calibratable = False
@@ -72,19 +76,21 @@ class AsymIntFormat(Format):
         fin = torch.isfinite(xg)
         lo = torch.where(fin, xg, 0.0).amin(-1, keepdim=True).clamp(max=0.0)
         hi = torch.where(fin, xg, 0.0).amax(-1, keepdim=True).clamp(min=0.0)
-        s = safe_scale((hi - lo) / self.levels)
+        s, s_out, ok = split_scale((hi - lo) / self.levels)
         zp = round_int(-lo / s, 0.0, self.levels)
-        return s, zp
+        return s, s_out, ok, zp
 
     def _grouped_fake_quant(self, xg, amax, need_mask):
-        s, zp = self._params(xg)
+        s, s_out, ok, zp = self._params(xg)
         y = torch.round(xg / s) + zp
-        out = (y.clamp(0.0, self.levels) - zp) * s
-        return out, ((y >= 0) & (y <= self.levels) if need_mask else None)
+        out = (y.clamp(0.0, self.levels) - zp) * s_out
+        return out, ((y >= 0) & (y <= self.levels) & (ok | (xg == 0)) if need_mask else None)
 
     def _grouped_quantize(self, xg, amax):
-        s, zp = self._params(xg)
+        s, _, ok, zp = self._params(xg)
         codes = (torch.round(xg / s) + zp).clamp(0.0, self.levels)
+        # codes hold no NaN: NaN (and every element of a zero-scale group) gets the code of 0
+        codes = torch.where(ok & ~torch.isnan(xg), codes, zp)
         return {"codes": torch.nan_to_num(codes).to(torch.uint8), "scale": s, "zero_point": zp.to(torch.uint8)}
 
     def _decode(self, q):

@@ -17,7 +17,7 @@ import torch
 
 from .base import Format
 from .fp8 import FP8_ELEMENTS
-from .numerics import e4m3_round, exp2_int, finite_abs, floor_log2, round_minifloat, safe_scale
+from .numerics import e4m3_round, exp2_int, finite_abs, floor_log2, round_minifloat, safe_scale, split_scale
 
 NVFP4_GLOBAL = 6.0 * 448.0
 E4M3_MIN_SUBNORMAL = 2.0 ** -9
@@ -75,22 +75,32 @@ class NVFP4Format(Format):
         return amax.detach().float().to(xg.device).reshape(-1)[:1].reshape([1] * xg.dim())
 
     def _scales(self, xg, amax):
+        """(a_t, s_b, s2, divisor, multiplier, ok); a zero s2 or s_b * s2 zeroes the block."""
         mag = finite_abs(xg)
         a_t = mag.amax() if amax is None else amax
-        s2 = safe_scale(a_t / NVFP4_GLOBAL)
+        s2_raw = a_t / NVFP4_GLOBAL
+        s2 = safe_scale(s2_raw)
         ratio = (mag.amax(-1, keepdim=True) / 6.0) / s2
         sb = e4m3_round(ratio.clamp(E4M3_MIN_SUBNORMAL, 448.0))
-        return sb, s2, safe_scale(sb * s2)
+        s, s_out, ok = split_scale(sb * s2)
+        ok = ok & (s2_raw > 0)
+        return a_t, sb, s2, s, torch.where(ok, s_out, 0.0), ok
 
     def _grouped_fake_quant(self, xg, amax, need_mask):
-        _, _, s = self._scales(xg, amax)
+        a_t, sb, _, s, s_out, ok = self._scales(xg, amax)
         y = xg / s
-        out = round_minifloat(y, 1, 0, 6.0) * s
-        return out, (y.abs() <= 6.0 if need_mask else None)
+        out = round_minifloat(y, 1, 0, 6.0) * s_out
+        mask = None
+        if need_mask:
+            # A block scale of 448 makes the clip threshold 6 * 448 * amax / 2688 = amax
+            # exactly: compare there in x to keep rounding noise in s from clipping the
+            # element that set the tensor scale.
+            mask = torch.where(sb == 448.0, xg.abs() <= a_t, y.abs() <= 6.0) & (ok | (xg == 0))
+        return out, mask
 
     def _grouped_quantize(self, xg, amax):
-        sb, s2, s = self._scales(xg, amax)
-        q = round_minifloat(xg / s, 1, 0, 6.0)
+        _, sb, s2, s, _, ok = self._scales(xg, amax)
+        q = round_minifloat(xg / s, 1, 0, 6.0) * ok.float()
         return {"codes": minifloat_encode(q, 2, 1), "scale": sb.to(torch.float8_e4m3fn), "scale2": s2.reshape(())}
 
     def _decode(self, q):

@@ -8,8 +8,10 @@ Conventions pinned down by the tests:
 - values beyond the grid saturate to its largest magnitude (``+-inf`` too);
 - NaN stays NaN at its own position and does not leak into its block's scale:
   scales are computed from the finite magnitudes only;
-- a scale that would be zero (an all-zero block, or an amax that underflows)
-  is replaced by a neutral one, so such blocks come back as exact zeros.
+- a scale that would be zero (an all-zero block, a calibrated amax of zero, or
+  an amax that underflows) represents only zero: the group comes back as exact
+  zeros (NaN still NaN, +-inf saturating to zero), its codes are zero and the
+  scale it stores is a neutral 1 (so nothing downstream divides by zero).
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ def round_minifloat(y: torch.Tensor, mbits: int, emin: int, maxval: float) -> to
 def safe_scale(s: torch.Tensor) -> torch.Tensor:
     """Replace zero (or negative / NaN) scales by 1: such blocks hold only zeros."""
     return torch.where(s > 0, s, 1.0)
+
+
+def split_scale(s: torch.Tensor):
+    """``(divisor, multiplier, ok)`` for a raw scale ``s``.
+
+    Where ``s > 0`` both are ``s``. Elsewhere (zero, negative or NaN) the group
+    can represent nothing but zero: divide by a neutral 1 (no inf / NaN from
+    0 / 0) and multiply the rounded elements by 0, so the group dequantizes to
+    zeros whatever it held (NaN stays NaN).
+    """
+    ok = s > 0
+    return torch.where(ok, s, 1.0), torch.where(ok, s, 0.0), ok
 
 
 def floor_log2(a: torch.Tensor) -> torch.Tensor:
