@@ -59,6 +59,29 @@ def cmd_bench_kernels(args) -> int:
     return 0
 
 
+def cmd_bench_train(args) -> int:
+    from .analysis.trainbench import bench_train
+
+    model = None
+    if args.model:
+        from .io.model import load_model
+
+        model = load_model(args.model).model
+    schemes_ = [n.strip() for n in args.schemes.split(",")]
+
+    def show(row):
+        if not args.json:
+            print(f"{row['config']:<24} {row['step_ms']:>10.1f} ms/step   {row['ratio']:.2f}x plain", flush=True)
+
+    if not args.json:
+        print(f"training step time, batch {args.batch_size} x {args.seq_len} tokens on {args.device}; "
+              "ratio = step time / plain fine-tuning step time (same model, same run)")
+    rows = bench_train(model, schemes_, args.device, args.batch_size, args.seq_len, args.steps, on_result=show)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Lowbit Studio: quantize models with PTQ, QAT or QAD.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -76,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--size", type=int, default=4096, help="tensor side (default 4096)")
     bk.add_argument("--repeats", type=int, default=7)
     bk.set_defaults(func=cmd_bench_kernels)
+    bt = bsub.add_parser("train", help="step time of QAT / QAD next to plain fine-tuning")
+    bt.add_argument("--model", help="model folder (default: a 4-layer, 256-wide Llama built in memory)")
+    bt.add_argument("--schemes", default="W4A16-INT4,W4A16-NVFP4,W4A4-NVFP4")
+    bt.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bt.add_argument("--batch-size", type=int, default=8)
+    bt.add_argument("--seq-len", type=int, default=128)
+    bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 3 warm-up)")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_bench_train)
     b.set_defaults(func=lambda a: (b.print_help(), 2)[1])
 
     _register_more(sub)

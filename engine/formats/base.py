@@ -63,6 +63,9 @@ class Format:
     scale_bits: int = 32  # bits of one stored scale
     description: str = ""
     calibratable: bool = True  # whether a calibrated amax can replace the dynamic one
+    # D in scale = amax / D, for formats whose scale is that simple; it enables
+    # learnable (LSQ-style) scales. None: the scale cannot be learned.
+    lsq_divisor: Optional[float] = None
 
     @property
     def has_tensor_scale(self) -> bool:
@@ -180,7 +183,9 @@ class Format:
             raise TypeError(f"{self.name}.fake_quant needs a floating-point tensor, got {x.dtype}")
         if x.numel() == 0:
             return x.clone()
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled() and (x.requires_grad or (amax is not None and amax.requires_grad)):
+            if amax is not None and amax.requires_grad and self.lsq_divisor is None:
+                raise ValueError(f"format {self.name} has no learnable scale")
             return _StraightThrough.apply(x, self, amax)
         return _compile.run(self, x, amax, False)[0]
 
@@ -209,16 +214,43 @@ class Format:
 
 
 class _StraightThrough(torch.autograd.Function):
+    """Identity gradient where x was not clipped, zero where it was.
+
+    With a learnable amax (scale s = amax / D), its gradient is LSQ's:
+    d x_hat / d amax = (q - u) / D inside the range and sign(u) where clipped,
+    with u = x / s and q the rounded element, summed over each scale group.
+    """
+
     @staticmethod
     def forward(ctx, x, fmt: Format, amax):
         y, mask = _compile.run(fmt, x, amax, True)
-        ctx.save_for_backward(mask)
+        ctx.fmt = fmt
+        if amax is not None and amax.requires_grad:
+            ctx.save_for_backward(mask, x, y, amax)
+        else:
+            ctx.save_for_backward(mask)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask.to(grad.dtype), None, None
+        saved = ctx.saved_tensors
+        mask = saved[0]
+        grad_x = grad * mask.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_amax = None
+        if len(saved) == 4 and ctx.needs_input_grad[2]:
+            _, x, y, amax = saved
+            fmt = ctx.fmt
+            with torch.no_grad():
+                xg, yg = fmt.group_view(x), fmt.group_view(y)
+                gg, mg = fmt.group_view(grad), fmt.group_view(mask.float())
+                a = fmt._amax_grouped(amax, xg)
+                s = torch.where(a > 0, a / fmt.lsq_divisor, 1.0)
+                u = xg / s
+                d = (yg / s - u * mg) / fmt.lsq_divisor
+                g_a = (gg * d).sum(-1, keepdim=True)
+                g_a = g_a.sum() if amax.numel() == 1 else g_a
+                grad_amax = g_a.reshape(amax.shape).to(amax.dtype)
+        return grad_x, None, grad_amax
 
 
 @dataclass(frozen=True)

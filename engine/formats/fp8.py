@@ -19,6 +19,7 @@ class FP8Format(Format):
         self.name, self.granularity, self.block = name, granularity, block
         self.element = element
         self.mbits, self.emin, self.maxval, self.torch_dtype = FP8_ELEMENTS[element]
+        self.lsq_divisor = self.maxval
         self.bits = 8
         self.scale_type = "fp32"
         self.description = f"FP8 {element.upper()} (max {self.maxval:g}), scale = amax / {self.maxval:g}, saturating"

@@ -19,6 +19,7 @@ class IntFormat(Format):
             raise ValueError(f"integer formats take 2 to 8 bits, not {bits}")
         self.name, self.bits, self.granularity, self.block = name, bits, granularity, block
         self.qmax = float(2 ** (bits - 1) - 1)
+        self.lsq_divisor = self.qmax
         self.scale_type = "fp32"
         self.description = f"signed {bits}-bit integers, symmetric, scale = amax / {int(self.qmax)}"
 

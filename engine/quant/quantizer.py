@@ -96,7 +96,26 @@ class TensorQuantizer(nn.Module):
         if amax is None:
             self.amax = None
             return
-        self.amax = amax.detach().float().clone()
+        amax = amax.detach().float().clone()
+        if isinstance(self.amax, nn.Parameter):
+            with torch.no_grad():
+                self.amax.copy_(amax.to(self.amax.device).reshape(self.amax.shape))
+        else:
+            self.amax = amax
+
+    @property
+    def learnable(self) -> bool:
+        return isinstance(self.amax, nn.Parameter)
+
+    def enable_learnable_scale(self) -> bool:
+        """Turn a calibrated amax into a trainable Parameter (LSQ); False where the format cannot."""
+        if self.amax is None or self.fmt is None or self.fmt.lsq_divisor is None:
+            return False
+        if not self.learnable:
+            value = self.amax
+            del self._buffers["amax"]
+            self.amax = nn.Parameter(value)
+        return True
 
     # -- forward -------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +124,10 @@ class TensorQuantizer(nn.Module):
             return x
         if not self.enabled or self.fmt is None:
             return x
-        return self.fmt.fake_quant(x, self.amax)
+        amax = self.amax
+        if self.learnable:
+            amax = amax.clamp(min=1e-8)  # a learned scale must stay positive
+        return self.fmt.fake_quant(x, amax)
 
 
 _generators: dict = {}

@@ -44,6 +44,13 @@ def train_stage(ctx) -> None:
     teacher_device = resolve_device(r.train.teacher_device) if r.train.teacher_device else ctx.device
     teacher = frozen_original(model, teacher_device)
     settings = settings_from_recipe(r)
+    if r.train.learnable_scales:
+        from ..quant.select import quantizers
+
+        qs = [q for q in quantizers(model) if q.enabled]
+        learned = sum(q.enable_learnable_scale() for q in qs)
+        ctx.log(f"learnable scales: {learned} of {len(qs)} quantizers learn their scale "
+                "(integer and FP8 formats with a calibrated scale; block-scaled formats keep theirs)")
     eval_batches = ctx.batches(ctx.splits.eval, r.data.eval_batches)
 
     def eval_fn(step: int):

@@ -168,3 +168,31 @@ def test_cancel_from_another_thread_stops_within_one_step(tiny_llama_dir):
     with pytest.raises(Cancelled):
         tr.fit()
     assert 2 <= tr.step <= 3
+
+
+def test_learnable_scale_gets_the_lsq_gradient_and_trains():
+    from engine.quant.quantizer import TensorQuantizer
+
+    torch.manual_seed(0)
+    for name in ("int4", "int8_tensor", "fp8_e4m3", "int3_g32"):
+        fmt = formats.get(name)
+        x = torch.randn(6, 64) * 3
+        q = TensorQuantizer(fmt, "weight")
+        q.set_amax(fmt.amax_of(x) * 0.6)  # some values clip
+        assert q.enable_learnable_scale() and q.learnable
+        g = torch.randn_like(x)
+        (q(x) * g).sum().backward()
+        with torch.no_grad():
+            D = fmt.lsq_divisor
+            a = q.amax.detach()
+            xg, gg = fmt.group_view(x), fmt.group_view(g)
+            ag = a.reshape(xg.shape[:-1] + (1,)) if a.numel() > 1 else a.reshape([1] * xg.dim())
+            s = ag / D
+            u = xg / s
+            inside = xg.abs() <= ag
+            qv = fmt.group_view(fmt.fake_quant(x, a)) / s
+            expected = (gg * (qv - u * inside) / D).sum(-1)
+            expected = expected.sum() if a.numel() == 1 else expected.reshape(a.shape)
+        torch.testing.assert_close(q.amax.grad, expected, rtol=1e-4, atol=1e-5)
+    nv = TensorQuantizer(formats.get("mxfp4"), "weight")
+    assert not nv.enable_learnable_scale()  # block-derived scales cannot be learned

@@ -1,0 +1,82 @@
+"""Step time of QAT and QAD next to plain fine-tuning of the same model, in one run.
+
+Each configuration trains the same model (a fresh copy) on the same batches;
+the first steps warm up (allocation, compilation) and are not timed. Ratios are
+median step time over the plain fine-tuning median measured in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .. import calib
+from ..events import CancelToken
+from ..quant import schemes
+from ..quant.select import apply_plan, plan_layers
+from ..train import frozen_original
+from ..train.loop import Trainer, TrainSettings
+
+
+def _bench_model(hidden: int = 256, layers: int = 4, vocab: int = 2048):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
+                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                      num_key_value_heads=max(1, hidden // 64), max_position_embeddings=1024)
+    return LlamaForCausalLM(cfg)
+
+
+def _time_steps(trainer: Trainer, warmup: int, steps: int, sync) -> List[float]:
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_train(model=None, scheme_names: Sequence[str] = ("W4A16-INT4", "W4A16-NVFP4", "W4A4-NVFP4"),
+                device: str = "cpu", batch_size: int = 8, seq_len: int = 128, steps: int = 8, warmup: int = 3,
+                on_result: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    base = (model if model is not None else _bench_model()).to(dev).float()
+    vocab = base.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, vocab, (batch_size * (warmup + steps) * 2, seq_len), generator=gen)
+
+    def trainer(mode, scheme):
+        student = copy.deepcopy(base)
+        teacher = None
+        if scheme is not None:
+            apply_plan(student, plan_layers(student, schemes.get(scheme))[0])
+            calib.calibrate(student, lambda m: m(input_ids=blocks[:batch_size].to(dev)))
+            teacher = frozen_original(student) if mode == "qad" else None
+        s = TrainSettings(mode=mode, steps=10 ** 6, lr=1e-5, warmup_steps=0, batch_size=batch_size,
+                          eval_every=0, checkpoint_every=0)
+        return Trainer(student, teacher, "causal-lm", blocks, s, dev, lambda e: None, CancelToken())
+
+    rows: List[Dict] = []
+    plain = statistics.median(_time_steps(trainer("qat", None), warmup, steps, sync))
+    row = {"config": "plain fine-tuning", "mode": "finetune", "scheme": None, "step_ms": round(plain * 1e3, 2),
+           "ratio": 1.0}
+    rows.append(row)
+    if on_result:
+        on_result(row)
+    for scheme in scheme_names:
+        for mode in ("qat", "qad"):
+            t = statistics.median(_time_steps(trainer(mode, scheme), warmup, steps, sync))
+            row = {"config": f"{mode.upper()} {scheme}", "mode": mode, "scheme": scheme,
+                   "step_ms": round(t * 1e3, 2), "ratio": round(t / plain, 3)}
+            rows.append(row)
+            if on_result:
+                on_result(row)
+    return rows
