@@ -82,6 +82,27 @@ def cmd_bench_train(args) -> int:
     return 0
 
 
+def cmd_bench_recovery(args) -> int:
+    from .analysis.recovery import format_table, recovery
+    from .recipe import Recipe
+
+    if args.demo:
+        from .demo import demo_recipe_dict
+
+        recipe = Recipe.from_dict(demo_recipe_dict("qad"))
+    elif args.recipe:
+        recipe = Recipe.load(args.recipe)
+    else:
+        raise LowbitError("give a recipe file or --demo")
+    updates = {k: v for k, v in (("quant.scheme", args.scheme), ("train.steps", args.steps), ("train.lr", args.lr))
+               if v is not None}
+    if updates:
+        recipe = recipe.with_updates(updates)
+    res = recovery(recipe, args.workdir, log=(lambda m: None) if args.json else print)
+    print(json.dumps(res, indent=2, default=str) if args.json else format_table(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Lowbit Studio: quantize models with PTQ, QAT or QAD.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -108,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 3 warm-up)")
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_bench_train)
+    br = bsub.add_parser("recovery", help="PTQ vs QAT vs QAD vs plain fine-tuning at the same step budget")
+    br.add_argument("recipe", nargs="?", help="recipe file (mode is ignored: all are run)")
+    br.add_argument("--demo", action="store_true", help="use the built-in demo model and data")
+    br.add_argument("--scheme")
+    br.add_argument("--steps", type=int)
+    br.add_argument("--lr", type=float)
+    br.add_argument("--workdir", help="where the runs go (default: a temporary folder)")
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(func=cmd_bench_recovery)
     b.set_defaults(func=lambda a: (b.print_help(), 2)[1])
 
     _register_more(sub)
@@ -116,11 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(sub) -> None:
     """Commands that live in their own modules register here."""
-    try:
-        from . import cli_run
-    except ImportError:
-        return
+    from . import cli_export, cli_run
+
     cli_run.register(sub)
+    cli_export.register(sub)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -294,6 +294,12 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
     try:
         _load(ctx)
         _quantize(ctx)
+        if recipe.export.format:
+            from .export import preflight
+
+            # refuse an unsupported format / target pairing before the long stages
+            preflight(ctx.loaded.model, recipe.export.format, recipe.export.path or run_dir / "export",
+                      before_calibration=True)
         _calibrate(ctx)
         ptq = evaluate_stage(ctx, "ptq", baseline=True)
         ctx.report["ptq"] = ptq

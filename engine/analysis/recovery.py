@@ -1,0 +1,75 @@
+"""How much of the PTQ loss QAT and QAD win back, next to plain fine-tuning with the same budget.
+
+One recipe is run as PTQ, QAT and QAD (same data, seed and steps); a fourth run
+fine-tunes the original model without quantization for the same steps, so that
+recovery is not mistaken for the effect of extra training.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ..events import CancelToken
+from ..io.data import make_splits
+from ..io.model import load_model
+from ..runner import resolve_device, run
+from ..train import settings_from_recipe
+from ..train.loop import Trainer
+
+
+def finetune_only(recipe) -> Dict[str, float]:
+    """Perplexity of the original model after ``train.steps`` steps of unquantized fine-tuning."""
+    from .metrics import evaluate
+
+    device = resolve_device(recipe.device)
+    loaded = load_model(recipe.model.path, kind=recipe.model.kind, dtype=recipe.model.dtype, device=str(device))
+    r = recipe
+    splits = make_splits(loaded.tokenizer, r.data.path, r.data.seq_len, eval_path=r.data.eval_path,
+                         text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
+    torch.manual_seed(r.seed)
+    settings = settings_from_recipe(r.with_updates({"mode": "qat"}))
+    trainer = Trainer(loaded.model, None, loaded.kind, splits.train, settings, device, lambda e: None, CancelToken())
+    trainer.fit()
+    from .. io.data import batches
+
+    res = evaluate(loaded.model, batches(splits.eval, r.data.batch_size, r.data.eval_batches), loaded.kind, device,
+                   compare=False)
+    return res["baseline"]
+
+
+def recovery(recipe, workdir: Optional[Path] = None, log: Callable[[str], None] = print) -> Dict[str, object]:
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="lowbit-recovery-"))
+    out: Dict[str, object] = {"scheme": recipe.quant.scheme, "steps": recipe.train.steps}
+    for mode in ("ptq", "qat", "qad"):
+        rep = run(recipe.with_updates({"mode": mode, "export.format": None}), run_dir=workdir / mode).report
+        out.setdefault("baseline", rep["baseline"])
+        out["ptq"] = rep["ptq"]
+        if mode != "ptq":
+            out[mode] = rep["final"]
+        log(f"{mode}: done")
+    if recipe.model.kind != "encoder" and "perplexity" in out["baseline"]:
+        out["finetune_only"] = finetune_only(recipe)
+        base, ptq = out["baseline"]["perplexity"], out["ptq"]["perplexity"]
+        gap = ptq - base
+        for mode in ("qat", "qad"):
+            out[f"{mode}_recovered"] = (ptq - out[mode]["perplexity"]) / gap if gap > 0 else float("nan")
+    return out
+
+
+def format_table(res: Dict[str, object]) -> str:
+    rows = [("baseline (original)", res["baseline"]), ("PTQ", res["ptq"]), ("QAT", res.get("qat", {})),
+            ("QAD", res.get("qad", {})), ("fine-tune only, no quant", res.get("finetune_only", {}))]
+    keys = [k for k in ("perplexity", "kl", "top1_agreement", "cosine", "embedding_cosine")
+            if any(k in r for _, r in rows)]
+    lines = [f"{res['scheme']}, {res['steps']} training steps",
+             f"{'':<26}" + "".join(f"{k:>16}" for k in keys)]
+    for label, r in rows:
+        lines.append(f"{label:<26}" + "".join(f"{r[k]:>16.4f}" if k in r else f"{'-':>16}" for k in keys))
+    for mode in ("qat", "qad"):
+        if f"{mode}_recovered" in res:
+            lines.append(f"{mode.upper()} recovers {100 * res[f'{mode}_recovered']:.1f}% of the PTQ perplexity gap")
+    return "\n".join(lines)

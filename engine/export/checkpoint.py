@@ -1,0 +1,133 @@
+"""Reading a written export back: the tensors, the config, and per quantized layer
+the codes and scales as a :class:`~engine.formats.QTensor` of our own format.
+
+The readers of the three targets (in their own modules) fill an
+:class:`ExportedCheckpoint`; :func:`read_export` picks the target from the files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from safetensors import safe_open
+
+from .. import formats
+from ..errors import ExportError
+from ..formats import QTensor
+from .common import MARKER, dtype_from_name, read_marker
+
+
+@dataclass
+class ReadLayer:
+    """A quantized layer as read back from an export."""
+
+    name: str
+    weight_format: Optional[str]
+    activation_format: Optional[str]
+    shape: tuple
+    qtensor: Optional[QTensor] = None  # None when the weight is stored dense (dense target)
+    dense_weight: Optional[torch.Tensor] = None
+    input_amax: Optional[torch.Tensor] = None  # static activation amax; None = dynamic
+
+    def weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.qtensor is not None:
+            return formats.get(self.weight_format).dequantize(self.qtensor, dtype)
+        if self.dense_weight is None:
+            raise ExportError(f"layer {self.name} has no weight in the export")
+        return self.dense_weight.to(dtype)
+
+
+@dataclass
+class ExportedCheckpoint:
+    path: Path
+    target: str
+    config: Dict[str, Any]
+    dtype: torch.dtype
+    tensors: Dict[str, torch.Tensor]  # everything that is not a quantized weight, by state-dict name
+    layers: Dict[str, ReadLayer] = field(default_factory=dict)
+    marker: Optional[Dict[str, Any]] = None
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """A dense state dict: high-precision tensors plus every quantized weight dequantized."""
+        state = dict(self.tensors)
+        for name, layer in self.layers.items():
+            state[f"{name}.weight"] = layer.weight(self.dtype)
+        return state
+
+
+def load_tensors(folder: Path) -> Dict[str, torch.Tensor]:
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise ExportError(f"{folder} holds no model.safetensors (nor an index of shards)")
+    out: Dict[str, torch.Tensor] = {}
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            raise ExportError(f"{folder}: the index names {name}, which is missing")
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():
+                out[key] = fh.get_tensor(key)
+    if index.exists():
+        missing = set(weight_map) - set(out)
+        if missing:
+            raise ExportError(f"{folder}: tensors listed in the index are missing: {sorted(missing)[:5]}")
+    return out
+
+
+def detect_target(folder: Path, config: Dict[str, Any], marker: Optional[Dict[str, Any]]) -> str:
+    if marker and marker.get("target"):
+        return marker["target"]
+    if (folder / "hf_quant_config.json").exists():
+        return "modelopt"
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method == "compressed-tensors":
+        return "compressed-tensors"
+    if method == "modelopt":
+        return "modelopt"
+    return "dense"
+
+
+def read_export(path) -> ExportedCheckpoint:
+    """Read any of our export layouts (or a compatible one) back into an :class:`ExportedCheckpoint`."""
+    from . import compressed_tensors, dense, modelopt
+
+    folder = Path(path)
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ExportError(f"{folder} has no config.json; is it an export folder?")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    marker = read_marker(folder)
+    target = detect_target(folder, config, marker)
+    dtype = dtype_from_name(config.get("dtype") or config.get("torch_dtype") or "float32")
+    ckpt = ExportedCheckpoint(folder, target, config, dtype, load_tensors(folder), marker=marker)
+    readers = {"compressed-tensors": compressed_tensors.read, "modelopt": modelopt.read, "dense": dense.read}
+    if target not in readers:
+        raise ExportError(f"{folder}: unknown export target {target!r} in {MARKER}")
+    readers[target](ckpt)
+    return ckpt
+
+
+def marker_layer(ckpt: ExportedCheckpoint, name: str) -> Dict[str, Any]:
+    return ((ckpt.marker or {}).get("layers") or {}).get(name) or {}
+
+
+def exact_input_amax(ckpt: ExportedCheckpoint, name: str, derived: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The recorded activation amax when the marker has it, else the one derived from the stored scale."""
+    recorded = marker_layer(ckpt, name).get("input_amax")
+    if recorded is None or derived is None:
+        return derived
+    exact = torch.tensor(float(recorded), dtype=torch.float32)
+    if not torch.allclose(exact, derived.float(), rtol=1e-4, atol=0.0):
+        raise ExportError(f"{ckpt.path}: the input scale of layer {name} does not match the amax recorded in "
+                          f"{MARKER} ({float(derived):g} vs {float(exact):g}); the export was modified")
+    return exact

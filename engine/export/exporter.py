@@ -1,0 +1,153 @@
+"""``export_model``: write a quantized student in one target layout, atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ExportError
+from . import compressed_tensors, dense, modelopt
+from .common import (DEFAULT_SHARD_MB, MARKER, PRODUCER, TARGETS, ExportFolder, ShardWriter, base_config,
+                     check_output_folder,
+                     copy_side_files, dtype_name, folder_bytes, high_precision_linears, iter_state, model_dtype,
+                     producer_version, quantized_layers, tensor_bytes, ties_embeddings)
+
+WRITERS = {
+    "compressed-tensors": compressed_tensors.Writer(),
+    "modelopt": modelopt.Writer(),
+    "dense": dense.Writer(),
+}
+
+# Layer tensors that describe the activations, not the stored weight (left out of bits_per_param).
+_NOT_WEIGHT = ("input_", "pre_quant_scale")
+
+
+def writer_for(target: str):
+    writer = WRITERS.get(str(target).strip().lower())
+    if writer is None:
+        raise ExportError(f"unknown export format {target!r}; choose one of {', '.join(TARGETS)}")
+    return writer
+
+
+def check_exportable(model: nn.Module, target: str, before_calibration: bool = False) -> None:
+    """Raise ExportError now if ``model`` cannot be written as ``target`` (nothing is written).
+
+    ``before_calibration``: the model is quantized but not calibrated yet; activation
+    formats that calibration gives a static scale count as static.
+    """
+    layers = quantized_layers(model, assume_calibrated=before_calibration)
+    if not layers:
+        raise ExportError("the model has no quantized layer to export; quantize it first")
+    writer_for(target).check(layers, model)
+
+
+def preflight(model: nn.Module, target: str, out: Optional[os.PathLike] = None,
+              before_calibration: bool = False) -> None:
+    """Every check an export makes before writing: the formats fit the target, the folder may be written."""
+    check_exportable(model, target, before_calibration)
+    if out is not None:
+        check_output_folder(out)
+
+
+def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Optional[Dict[str, Any]] = None,
+                 source_dir: Optional[os.PathLike] = None, tokenizer: Any = None,
+                 dtype: Optional[torch.dtype] = None, max_shard_mb: float = DEFAULT_SHARD_MB,
+                 on_layer: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Write the quantized ``model`` (QuantLinear layers) to ``out`` in the ``target`` layout.
+
+    ``dtype`` is the dtype of every tensor kept in high precision (default: the
+    model's). Returns ``{format, path, bytes_on_disk, bits_per_param, n_files,
+    n_quantized_layers}``. Raises ExportError, before writing anything, for a
+    format the target cannot express, and for an output folder that is not empty
+    and not a previous lowbit export.
+    """
+    writer = writer_for(target)
+    target = writer.target
+    layers = quantized_layers(model)
+    if not layers:
+        raise ExportError("the model has no quantized layer to export; quantize it first")
+    writer.check(layers, model)
+    dtype = dtype or model_dtype(model)
+    if not dtype.is_floating_point:
+        raise ExportError(f"export dtype must be a floating-point type, not {dtype}")
+
+    folder = ExportFolder(out)
+    try:
+        shards = ShardWriter(folder, max_shard_mb, writer.shard_metadata(layers, recipe))
+        tie = ties_embeddings(model)
+        quantized_keys: set = set()
+        break_tie = False
+        seen: Dict[tuple, str] = {}
+        weight_bytes = weight_numel = 0
+        infos: Dict[str, Dict[str, Any]] = {}
+        for key, value in iter_state(model):
+            module, _, pname = key.rpartition(".")
+            if pname == "weight" and module in layers:
+                layer = layers[module]
+                tensors = writer.layer_tensors(layer, dtype)
+                for local, t in tensors.items():
+                    shards.add(f"{module}.{local}", t)
+                    if not local.startswith(_NOT_WEIGHT):
+                        weight_bytes += tensor_bytes(t)
+                weight_numel += value.numel()
+                infos[module] = {**layer.info(), **writer.layer_info(layer)}
+                layer.release()
+                sk = _storage_key(value)
+                break_tie |= sk in seen  # tied to a matrix written in high precision
+                seen[sk] = key
+                quantized_keys.add(key)
+                if on_layer:
+                    on_layer(module)
+                continue
+            sk = _storage_key(value)
+            if sk in seen:
+                if seen[sk] in quantized_keys:
+                    break_tie = True  # tied to a matrix that was written quantized
+                elif tie:
+                    continue  # a tied copy (lm_head = embeddings): the loader ties it again
+                value = value.clone()
+            seen[sk] = key
+            shards.add(key, value.to(dtype) if value.is_floating_point() else value)
+        missing = [n for n in layers if n not in infos]
+        if missing:
+            raise ExportError(f"quantized layers whose weight is not in the model's state dict: {missing[:5]}")
+        shards.finish()
+
+        config = base_config(model, dtype)
+        if break_tie:
+            config["tie_word_embeddings"] = False  # the tied matrix is quantized on one side only
+        qc = writer.quantization_config(layers, model)
+        if qc:
+            config["quantization_config"] = qc
+        folder.write_json("config.json", config)
+        for name, data in writer.extra_json(layers, model).items():
+            folder.write_json(name, data)
+        copy_side_files(folder, model, Path(source_dir) if source_dir else None, tokenizer)
+        bits = 8.0 * weight_bytes / weight_numel if weight_numel else None
+        marker = {
+            "producer": {"name": PRODUCER, "version": producer_version()},
+            "target": target,
+            "dtype": dtype_name(dtype),
+            "bits_per_param": bits,
+            "layers": {n: infos[n] for n in layers},
+            "high_precision": high_precision_linears(model, layers),
+            "recipe": recipe,
+            "files": sorted(folder.names + [MARKER]),
+        }
+        folder.write_json(MARKER, marker)
+        folder.commit()
+    except BaseException:
+        folder.abort()
+        raise
+    size, n_files = folder_bytes(folder.final)
+    return {"format": target, "path": str(folder.final), "bytes_on_disk": size,
+            "bits_per_param": round(bits, 4) if bits is not None else None, "n_files": n_files,
+            "n_quantized_layers": len(layers), "dtype": dtype_name(dtype)}
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
