@@ -149,6 +149,7 @@ def _register_more(sub) -> None:
     from . import cli_export, cli_run
 
     cli_run.register(sub)
+    from . import cli_analyze; cli_analyze.register(sub)  # noqa: E702  (lowbit analyze / mixed / analyze-bench)
     cli_export.register(sub)
 
 

@@ -86,6 +86,7 @@ class RunContext:
     loaded: Any = None
     splits: Any = None
     resume_from: Optional[Path] = None  # a training checkpoint to continue from
+    dist: Any = None  # engine.distributed.Dist under torchrun; None in a single process
 
     def stage(self, name: str, total: Optional[int] = None, detail: str = "") -> "_Stage":
         return _Stage(self, name, total, detail)
@@ -174,13 +175,23 @@ def _calibrate(ctx: RunContext) -> None:
         calib.calibrate_weights(model, r.calibration.method, r.calibration.mse_grid, r.calibration.mse_min_ratio,
                                 progress=lambda name: prog.step(detail=name))
     batches = ctx.batches(ctx.splits.calib, r.data.calib_batches)
+    reduce = None
+    if ctx.dist is not None:  # [distributed] each rank calibrates on its own batches, statistics merged
+        from .distributed import sync_calibration
+
+        batches = ctx.dist.shard_batches(batches)
+        reduce = lambda qs: sync_calibration(qs, ctx.dist)  # noqa: E731
     with ctx.stage("calibrate", len(batches), detail=f"{len(batches)} batches") as prog:
         def loop(m):
             for ids in batches:
                 m(input_ids=ids.to(ctx.device))
                 prog.step()
 
-        calib.calibrate_activations(model, loop, r.calibration.method, r.calibration.percentile)
+        calib.calibrate_activations(model, loop, r.calibration.method, r.calibration.percentile, reduce=reduce)
+    if ctx.dist is not None:  # [distributed] identical scales on every rank before wrapping
+        from .distributed import sync_amax
+
+        sync_amax(model, ctx.dist)
 
 
 def evaluate_stage(ctx: RunContext, label: str, baseline: bool = False) -> Dict[str, float]:
@@ -188,7 +199,8 @@ def evaluate_stage(ctx: RunContext, label: str, baseline: bool = False) -> Dict[
     r = ctx.recipe
     batches = ctx.batches(ctx.splits.eval, r.data.eval_batches)
     with ctx.stage(f"evaluate {label}", len(batches)) as prog:
-        res = evaluate(ctx.loaded.model, batches, ctx.loaded.kind, ctx.device, on_batch=lambda i: prog.step())
+        res = evaluate(ctx.loaded.model, batches, ctx.loaded.kind, ctx.device, on_batch=lambda i: prog.step(),
+                       dist=ctx.dist)
     if baseline:
         ctx.report["baseline"] = res["baseline"]
         for k, v in res["baseline"].items():
@@ -227,11 +239,21 @@ def save_student(ctx: RunContext) -> Path:
 
     from .train.loop import _untie
 
-    state = {k: v.detach().contiguous().cpu() for k, v in ctx.loaded.model.state_dict().items()}
     path = ctx.run_dir / STUDENT_FILE
+    if ctx.dist is not None:  # [distributed] gather the full state on rank 0, which alone writes
+        from .distributed import full_state_dict
+
+        state = full_state_dict(ctx.loaded.model, ctx.dist)
+        if not ctx.dist.is_main:
+            ctx.dist.barrier()
+            return path
+    else:
+        state = {k: v.detach().contiguous().cpu() for k, v in ctx.loaded.model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(_untie(state), str(tmp), metadata={"lowbit": "student"})
     os.replace(tmp, path)
+    if ctx.dist is not None:
+        ctx.dist.barrier()
     return path
 
 
@@ -262,16 +284,23 @@ def load_student(run_dir: os.PathLike, device: str = "cpu"):
 
 
 def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = None,
-        run_dir: Optional[os.PathLike] = None, resume: bool = False) -> RunResult:
+        run_dir: Optional[os.PathLike] = None, resume: bool = False, dist=None) -> RunResult:
     """Run ``recipe`` end to end; returns the run folder and the report.
 
     With ``resume``, ``run_dir`` is an interrupted run: load, quantization and
     calibration are repeated (they are deterministic) and training continues
     from the last checkpoint in ``run_dir/checkpoints``.
 
+    With ``dist`` (an active :class:`engine.distributed.Dist`, under torchrun) every rank
+    calls this with the same arguments: the data is split over the ranks, the student is
+    sharded for training, and only rank 0 writes events, checkpoint metadata and the report.
+
     Raises LowbitError subclasses for problems the user can fix (after emitting
     RunFailed), and Cancelled when the token was set.
     """
+    if dist is not None and not getattr(dist, "active", False):
+        dist = None  # the single-process stand-in: the plain code paths
+    main = dist is None or dist.is_main
     cancel = cancel or CancelToken()
     run_dir = Path(run_dir) if run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     resume_from = None
@@ -281,14 +310,26 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
         resume_from = latest_checkpoint(run_dir / "checkpoints")
         if resume_from is None:
             raise LowbitError(f"{run_dir} has no training checkpoint to resume from; start the run again instead")
-    else:
+    elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe.save(run_dir / "recipe.yaml")
-    jsonl = JsonlSink(run_dir / "events.jsonl")
-    out = MultiSink([jsonl, sink])
+    if dist is None:
+        jsonl = JsonlSink(run_dir / "events.jsonl")
+        out = MultiSink([jsonl, sink])
+        device = resolve_device(recipe.device)
+    else:  # [distributed] one events file, written by rank 0
+        from .distributed import check_recipe, main_only
+
+        check_recipe(recipe, dist)
+        dist.barrier()  # the run folder exists before any rank writes into it
+        jsonl = JsonlSink(run_dir / "events.jsonl") if main else None
+        out = main_only(MultiSink([jsonl, sink]), dist)
+        device = dist.device
     torch.manual_seed(recipe.seed)
-    ctx = RunContext(recipe, run_dir, out, cancel, resolve_device(recipe.device), resume_from=resume_from)
+    ctx = RunContext(recipe, run_dir, out, cancel, device, resume_from=resume_from, dist=dist)
     ctx.report.update({"status": "running", "mode": recipe.mode, "device": str(ctx.device), "run_dir": str(run_dir)})
+    if dist is not None:
+        ctx.report["distributed"] = dist.describe()
     out(RunStarted(str(run_dir), recipe.to_dict()))
     t0 = time.monotonic()
     try:
@@ -310,30 +351,39 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
 
             train_stage(ctx)
         save_student(ctx)
-        if recipe.export.format:
+        if recipe.export.format and dist is not None:  # [distributed] rank 0 exports a gathered copy
+            from .distributed import export_on_main
+
+            export_on_main(ctx)
+        elif recipe.export.format:
             from .export import export_stage
 
             export_stage(ctx)
         ctx.report["status"] = "completed"
         ctx.report["timings"]["total"] = round(time.monotonic() - t0, 3)
         report = _clean(ctx.report)
-        write_json_atomic(run_dir / "report.json", report)
+        if main:
+            write_json_atomic(run_dir / "report.json", report)
         out(RunFinished(report, str(run_dir)))
         return RunResult(run_dir, report)
     except Cancelled as exc:
         ctx.report["status"] = "cancelled"
-        write_json_atomic(run_dir / "report.json", _clean(ctx.report))
+        if main:
+            write_json_atomic(run_dir / "report.json", _clean(ctx.report))
         out(RunFailed(str(exc), "cancelled"))
         raise
     except LowbitError as exc:
         ctx.report.update(status="failed", error=str(exc))
-        write_json_atomic(run_dir / "report.json", _clean(ctx.report))
+        if main:
+            write_json_atomic(run_dir / "report.json", _clean(ctx.report))
         out(RunFailed(str(exc), "error"))
         raise
     except Exception as exc:
         ctx.report.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        write_json_atomic(run_dir / "report.json", _clean(ctx.report))
+        if main:
+            write_json_atomic(run_dir / "report.json", _clean(ctx.report))
         out(RunFailed(f"{type(exc).__name__}: {exc}", "error", traceback.format_exc()))
         raise
     finally:
-        jsonl.close()
+        if jsonl is not None:
+            jsonl.close()

@@ -16,6 +16,10 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# the demo data cache and the GUI settings go to throwaway folders, never the user's own
+import tempfile  # noqa: E402
+
+os.environ["LOWBIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="lowbit-test-cache-")
 
 from pathlib import Path  # noqa: E402
 

@@ -103,18 +103,39 @@ class EncoderStats:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[torch.Tensor], kind: str, device: torch.device,
              compare: bool = True, on_batch: Optional[Callable[[int], None]] = None,
-             reference: Optional[nn.Module] = None) -> Dict[str, Dict[str, float]]:
+             reference: Optional[nn.Module] = None, dist=None) -> Dict[str, Dict[str, float]]:
     """Metrics of the original and, with ``compare``, of the quantized model.
 
     The original is ``reference`` when given (a frozen copy, needed once the
     student's weights have been trained), else ``model`` with its quantizers off.
     Returns ``{"baseline": {...}, "quantized": {...}}`` (the latter only with compare).
+
+    ``dist`` (engine.distributed.Dist, under torchrun): each rank evaluates its share of
+    the batches and the sums are all-reduced, so every rank returns the global metrics.
     """
     was_training = model.training
     model.eval()
     stats = LMStats() if kind == "causal-lm" else EncoderStats()
+    if dist is not None and dist.active:  # [distributed] this rank's batches; padded for sharded models
+        from ..distributed import is_sharded
+
+        plan = dist.eval_plan(batches, lockstep=is_sharded(model) or is_sharded(reference))
+        batches = [ids for ids, _ in plan]
+        counted = [keep for _, keep in plan]
+    else:
+        counted = None
     try:
         for i, ids in enumerate(batches):
+            if counted is not None and not counted[i]:  # a sharded model's padding step: run, don't count
+                ids = ids.to(device)
+                if reference is not None:
+                    _forward(reference, ids.to(next(reference.parameters()).device), kind)
+                else:
+                    with quantization_disabled(model):
+                        _forward(model, ids, kind)
+                if compare:
+                    _forward(model, ids, kind)
+                continue
             ids = ids.to(device)
             if reference is not None:
                 ref_device = next(reference.parameters()).device
@@ -128,6 +149,8 @@ def evaluate(model: nn.Module, batches: Iterable[torch.Tensor], kind: str, devic
                 on_batch(i + 1)
     finally:
         model.train(was_training)
+    if counted is not None:
+        dist.reduce_stats(stats)
     out = {"baseline": stats.baseline()}
     if compare:
         out["quantized"] = stats.quantized()

@@ -62,8 +62,12 @@ def mse_amax(fmt, w: torch.Tensor, amax: torch.Tensor, grid: int = 20, min_ratio
 
 
 def calibrate_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None], method: str = "max",
-                          percentile: float = 99.99) -> int:
-    """Record the inputs of static activation quantizers over ``forward_loop``; returns how many."""
+                          percentile: float = 99.99, reduce: Optional[Callable[[list], None]] = None) -> int:
+    """Record the inputs of static activation quantizers over ``forward_loop``; returns how many.
+
+    ``reduce(quantizers)``, when given, runs after the loop and before the statistics become
+    scales: a distributed run merges the ranks' statistics there (engine.distributed.sync_calibration).
+    """
     static = [layer.input_quantizer for _, layer in quant_layers(model)
               if layer.input_quantizer.fmt is not None and layer.input_quantizer.fmt.calibratable
               and layer.input_quantizer.fmt.has_tensor_scale]
@@ -73,6 +77,8 @@ def calibrate_activations(model: nn.Module, forward_loop: Callable[[nn.Module], 
     try:
         with torch.no_grad():
             forward_loop(model)
+        if reduce is not None:
+            reduce(static)
     finally:
         for q in static:
             q.finish_calibration()

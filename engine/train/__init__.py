@@ -41,7 +41,10 @@ def train_stage(ctx) -> None:
 
     r = ctx.recipe
     model = ctx.loaded.model
+    dist = getattr(ctx, "dist", None)
     teacher_device = resolve_device(r.train.teacher_device) if r.train.teacher_device else ctx.device
+    if dist is not None and teacher_device.type == "cuda":
+        teacher_device = ctx.device  # [distributed] one GPU per rank: the rank's own
     teacher = frozen_original(model, teacher_device)
     settings = settings_from_recipe(r)
     if r.train.learnable_scales:
@@ -52,13 +55,23 @@ def train_stage(ctx) -> None:
         ctx.log(f"learnable scales: {learned} of {len(qs)} quantizers learn their scale "
                 "(integer and FP8 formats with a calibrated scale; block-scaled formats keep theirs)")
     eval_batches = ctx.batches(ctx.splits.eval, r.data.eval_batches)
+    student = model
+    if dist is not None:  # [distributed] wrap after quantization + calibration (scales already in sync)
+        from ..distributed import wrap_student, wrap_teacher
+
+        if settings.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()
+        student = wrap_student(model, dist)  # FSDP2: `model` itself, now sharded; DDP: a wrapper
+        teacher = wrap_teacher(teacher, dist)
+        ctx.log(f"distributed: {dist.world_size} processes, student {dist.strategy}, teacher {dist.teacher}; "
+                f"{settings.batch_size // dist.world_size} of each {settings.batch_size} rows per process")
 
     def eval_fn(step: int):
-        res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher)
+        res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher, dist=dist)
         return {k: v for k, v in res["quantized"].items() if k != "tokens"}
 
-    trainer = Trainer(model, teacher, ctx.loaded.kind, ctx.splits.train, settings, ctx.device, ctx.sink,
-                      ctx.cancel, checkpoint_dir=ctx.run_dir / "checkpoints", evaluate=eval_fn)
+    trainer = Trainer(student, teacher, ctx.loaded.kind, ctx.splits.train, settings, ctx.device, ctx.sink,
+                      ctx.cancel, checkpoint_dir=ctx.run_dir / "checkpoints", evaluate=eval_fn, dist=dist)
     resume_from = getattr(ctx, "resume_from", None)
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
@@ -67,7 +80,7 @@ def train_stage(ctx) -> None:
         summary = trainer.fit()
     with ctx.stage(f"evaluate final", len(eval_batches)) as prog:
         res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher,
-                       on_batch=lambda i: prog.step())
+                       on_batch=lambda i: prog.step(), dist=dist)
     final = res["quantized"]
     for k, v in final.items():
         if k != "tokens":

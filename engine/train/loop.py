@@ -110,8 +110,11 @@ class Trainer:
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], kind: str, blocks: torch.Tensor,
                  settings: TrainSettings, device: torch.device, sink: Sink, cancel: CancelToken,
                  checkpoint_dir: Optional[Path] = None,
-                 evaluate: Optional[Callable[[int], Dict[str, float]]] = None):
+                 evaluate: Optional[Callable[[int], Dict[str, float]]] = None, dist=None):
         self.student, self.teacher, self.kind = student, teacher, kind
+        # [distributed] engine.distributed.Dist under torchrun: rows of each global batch per rank,
+        # losses averaged over ranks, DCP checkpoints. None (or inactive) = the single-process loop.
+        self.dist = dist if dist is not None and getattr(dist, "active", False) else None
         self.s, self.device, self.sink, self.cancel = settings, device, sink, cancel
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.evaluate = evaluate
@@ -176,15 +179,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: Dict[str, float] = {}
         for a in range(s.grad_accum):
-            ids = self.stream.batch(self.step * s.grad_accum + a).to(self.device)
+            ids = self.stream.batch(self.step * s.grad_accum + a)
+            if self.dist is not None:
+                ids = self.dist.shard_rows(ids)
+            ids = ids.to(self.device)
             total, parts = self.loss(ids)
-            if not torch.isfinite(total):
+            if self.dist is not None:
+                self.dist.check_finite(total, self.step + 1)
+            elif not torch.isfinite(total):
                 raise LowbitError(f"the training loss became {total.item()} at step {self.step + 1}; "
                                   "lower the learning rate (train.lr) or enable gradient clipping")
             (total / s.grad_accum).backward()
             sums["loss"] = sums.get("loss", 0.0) + total.item() / s.grad_accum
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / s.grad_accum
+        if self.dist is not None:  # the mean of the ranks' means: the global batch's mean
+            sums = self.dist.mean_over_ranks(sums)
         if s.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.student.parameters() if p.grad is not None], s.grad_clip)
@@ -238,6 +248,10 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write checkpoints/step-N atomically (temporary folder, then rename); keep the last two."""
+        if self.dist is not None:  # [distributed] sharded (DCP) checkpoint
+            from ..distributed import save_checkpoint
+
+            return save_checkpoint(self, self.dist)
         root = self.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{self.step:06d}"
@@ -266,6 +280,10 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         path = Path(path)
+        if self.dist is not None or (path / ".metadata").exists():  # [distributed] any world size -> this one
+            from ..distributed import load_checkpoint
+
+            return load_checkpoint(self, path, self.dist)
         try:
             weights = load_file(str(path / "student.safetensors"))
             state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)

@@ -1,0 +1,1 @@
+"""The workflow pages, one per step."""

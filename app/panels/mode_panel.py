@@ -1,0 +1,137 @@
+"""Step 4: PTQ, QAT or QAD, and their settings."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from PySide6.QtCore import Qt
+
+from PySide6.QtWidgets import (QButtonGroup, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QRadioButton, QVBoxLayout, QWidget)
+
+from .. import theme
+from ..state import RecipeState
+from .common import Page, SciSpinBox, bind, fspin, spin
+
+MODES = [
+    ("ptq", "PTQ: post-training quantization",
+     "Measures value ranges on a few batches and rounds the weights. Fast (seconds to minutes), no training. "
+     "Start here."),
+    ("qat", "QAT: quantization-aware training",
+     "After PTQ, fine-tunes the quantized model on your text so it learns to live with the rounding. "
+     "Slower; needs more text."),
+    ("qad", "QAD: quantization-aware distillation",
+     "Like QAT, but the quantized model learns to copy the original model's predictions. "
+     "Usually recovers the most quality."),
+]
+
+
+def _form(box: QGroupBox) -> QFormLayout:
+    form = QFormLayout(box)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
+    form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    return form
+
+
+class ModePanel(Page):
+    def __init__(self, state: RecipeState, parent: Optional[QWidget] = None):
+        super().__init__(
+            "4  Mode",
+            "Choose how the model is quantized. The defaults are sensible; hover over a setting to see what it does.",
+            next_label="Next: run", scroll=True,
+        )
+        self.state = state
+        modes = QGroupBox("Mode")
+        box = QVBoxLayout(modes)
+        self.mode_group = QButtonGroup(self)
+        self.mode_buttons: Dict[str, QRadioButton] = {}
+        self.mode_notes: List[QLabel] = []
+        for value, title, text in MODES:
+            button = QRadioButton(title)
+            button.setToolTip(text)
+            note = QLabel(text)
+            note.setWordWrap(True)
+            note.setIndent(24)
+            box.addWidget(button)
+            box.addWidget(note)
+            box.addSpacing(4)
+            self.mode_group.addButton(button)
+            self.mode_buttons[value] = button
+            self.mode_notes.append(note)
+            button.toggled.connect(lambda on, v=value: on and state.set("mode", v))
+        self.content.addWidget(modes)
+
+        columns = QHBoxLayout()
+        left, right = QVBoxLayout(), QVBoxLayout()
+        columns.addLayout(left, 1)
+        columns.addLayout(right, 1)
+        self.content.addLayout(columns)
+
+        data = QGroupBox("Samples and calibration (every mode)")
+        form = _form(data)
+        form.addRow("Sequence length:", bind(spin(8, 32768, 64), state, "data.seq_len",
+                                              "Tokens per sample. Longer samples need more memory."))
+        form.addRow("Batch size:", bind(spin(1, 4096), state, "data.batch_size",
+                                         "Samples processed together. Lower it if you run out of memory."))
+        form.addRow("Calibration batches:", bind(spin(1, 100000), state, "data.calib_batches",
+                                                  "How many batches PTQ looks at to pick the scales."))
+        form.addRow("Evaluation batches:", bind(spin(1, 100000), state, "data.eval_batches",
+                                                 "How many batches each quality measurement uses."))
+        method = QComboBox()
+        for value, label in (("max", "max: largest value seen"), ("percentile", "percentile: ignore rare outliers"),
+                             ("mse", "mse: search the scale with the least error")):
+            method.addItem(label, value)
+        form.addRow("Calibration method:", bind(method, state, "calibration.method",
+                                                 "How static scales are chosen from the values seen."))
+        form.addRow("Seed:", bind(spin(0, 2**31 - 1), state, "seed",
+                                   "Same seed, same data order and results."))
+        left.addWidget(data)
+        left.addStretch(1)
+
+        self.train_box = QGroupBox("Training (QAT and QAD)")
+        form = _form(self.train_box)
+        form.addRow("Steps:", bind(spin(1, 10_000_000, 50), state, "train.steps",
+                                    "Optimizer steps. More steps recover more quality and take longer."))
+        form.addRow("Learning rate:", bind(SciSpinBox(), state, "train.lr",
+                                            "Peak learning rate. Small values (1e-5 … 1e-4) are safest."))
+        form.addRow("Warm-up steps:", bind(spin(0, 1_000_000), state, "train.warmup_steps",
+                                            "Steps during which the learning rate ramps up from zero."))
+        form.addRow("Gradient accumulation:", bind(spin(1, 4096), state, "train.grad_accum",
+                                                    "Batches added up per step: a larger effective batch "
+                                                    "without more memory."))
+        form.addRow("Evaluate every:", bind(spin(0, 1_000_000, 10), state, "train.eval_every",
+                                             "Steps between quality measurements (0 = only at the end)."))
+        self.kd_box = QGroupBox("Distillation (QAD only)")
+        kd = _form(self.kd_box)
+        kd.addRow("Temperature:", bind(fspin(0.05, 100.0, 0.5), state, "train.kd_temperature",
+                                        "Softens both models' predictions before they are compared; "
+                                        "above 1 passes on more about unlikely tokens."))
+        kd.addRow("Distillation weight (alpha):", bind(fspin(0.0, 1.0, 0.1), state, "train.kd_alpha",
+                                                        "1 = learn only from the original model; "
+                                                        "0 = only from the text (like QAT)."))
+        right.addWidget(self.train_box)
+        right.addWidget(self.kd_box)
+        right.addStretch(1)
+        self.content.addStretch(1)
+
+        state.changed.connect(lambda key: key == "mode" and self._pull_mode())
+        state.reset.connect(self._pull_mode)
+        self._pull_mode()
+
+    def _pull_mode(self) -> None:
+        mode = self.state.get("mode")
+        button = self.mode_buttons.get(mode)
+        if button is not None and not button.isChecked():
+            button.setChecked(True)
+        self.train_box.setEnabled(mode in ("qat", "qad"))
+        self.kd_box.setEnabled(mode == "qad")
+        tip = "" if mode in ("qat", "qad") else "Choose QAT or QAD above to train."
+        self.train_box.setTitle("Training (QAT and QAD)" + (f" — {tip}" if tip else ""))
+
+    def restyle(self) -> None:
+        super().restyle()
+        for note in self.mode_notes:
+            note.setStyleSheet(f"color: {theme.muted_text()};")
+
+    def inputs(self) -> List[QWidget]:
+        return [w for w in self.findChildren(QWidget) if w.property("recipeKey")]

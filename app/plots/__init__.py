@@ -1,0 +1,1 @@
+"""pyqtgraph views: live curves, the per-layer heatmap, benchmark bars."""
