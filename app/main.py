@@ -36,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from . import theme
-    from .defaults import default_model_path
+    from .defaults import default_recipe_path
     from .settings import APPLICATION, ORGANIZATION, THEME, Settings
     from .window import MainWindow
 
@@ -49,11 +49,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     theme.apply_theme(app, args.theme or settings.get(THEME))
 
     window = MainWindow(settings)
-    if args.recipe:
-        window.open_recipe(args.recipe)
-    model = args.model or (None if args.recipe else default_model_path())
-    if model:
-        window.open_model(model)
+    recipe = args.recipe
+    if not recipe and not args.model:
+        recipe = default_recipe_path()  # the demo, preselected
+    if recipe:
+        window.open_recipe(recipe)
+        if not args.recipe:
+            window.recipe_path = None  # "Save" asks where, rather than overwriting the cached demo recipe
+    if args.model:
+        window.open_model(args.model)
     if args.data:
         window.set_data("train", args.data)
     if args.eval_data:

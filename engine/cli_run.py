@@ -111,9 +111,34 @@ def cmd_run(args) -> int:
     return _run_recipe(recipe, args.out, args.quiet)
 
 
+def _demo_recipe_from_args(args):
+    from .demo import demo_available, demo_recipe_dict
+    from .recipe import Recipe
+
+    if not demo_available():
+        raise LowbitError("the demo model is missing from resources/demo-model; rebuild it with "
+                          "`python -m engine.demo train`")
+    d = demo_recipe_dict(args.mode)
+    d["device"], d["seed"] = args.device, args.seed
+    updates = {"quant.scheme": args.scheme,
+               "quant.weight": args.weight_format, "quant.activation": args.act_format,
+               "data.seq_len": args.seq_len, "data.batch_size": args.batch_size,
+               "data.calib_batches": args.calib_batches, "data.eval_batches": args.eval_batches,
+               "calibration.method": args.calib_method, "train.steps": args.steps, "train.lr": args.lr,
+               "train.kd_temperature": args.kd_temperature, "train.kd_alpha": args.kd_alpha,
+               "export.format": args.export, "data.path": args.data, "data.eval_path": args.eval_data}
+    recipe = Recipe.from_dict(d)
+    return recipe.with_updates({k: v for k, v in updates.items() if v is not None})
+
+
+_DEFAULT_SCHEME = "W4A16-INT4"
+
+
 def recipe_from_args(args):
     from .recipe import Recipe
 
+    if getattr(args, "demo", False):
+        return _demo_recipe_from_args(args)
     if not args.model:
         raise LowbitError("--model is required: a Hugging Face model folder (config.json + safetensors)")
     if not args.data:
@@ -121,7 +146,7 @@ def recipe_from_args(args):
     d: Dict[str, Any] = {
         "model": {"path": args.model},
         "data": {"path": args.data, "eval_path": args.eval_data},
-        "quant": {"scheme": args.scheme},
+        "quant": {"scheme": args.scheme or _DEFAULT_SCHEME},
         "mode": args.mode,
         "device": args.device,
         "seed": args.seed,
@@ -171,10 +196,12 @@ def register(sub) -> None:
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("quantize", help="quantize a model from flags (writes the recipe it used into --out)")
+    q.add_argument("--demo", action="store_true",
+                   help="the built-in demo model and data, with the demo's scheme unless --scheme is given")
     q.add_argument("--model", help="Hugging Face model folder")
     q.add_argument("--data", help="calibration / training text (.txt, folder of .txt, .jsonl)")
     q.add_argument("--eval-data", help="separate evaluation text (default: a held-out part of --data)")
-    q.add_argument("--scheme", default="W4A16-INT4", help="named scheme (see `lowbit formats`) or 'custom'")
+    q.add_argument("--scheme", help=f"named scheme (see `lowbit formats`) or 'custom'; default {_DEFAULT_SCHEME}")
     q.add_argument("--weight-format", help="weight format, overriding the scheme's ('none' keeps weights)")
     q.add_argument("--act-format", help="activation format, overriding the scheme's ('none' keeps them)")
     q.add_argument("--mode", choices=["ptq", "qat", "qad"], default="ptq")

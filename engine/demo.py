@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -24,7 +24,7 @@ DEMO_MODEL_DIR = REPO_ROOT / "resources" / "demo-model"
 
 # The demo shows the point of the studio: this scheme loses visibly under PTQ
 # and QAD recovers most of it.
-DEMO_SCHEME = "W3A16-INT3"
+DEMO_SCHEME = "W2A16-INT2"
 DEMO_SEQ_LEN = 128
 
 MODEL_CONFIG = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -62,19 +62,32 @@ def demo_data() -> Tuple[Path, Path]:
     return train_path, eval_path
 
 
+def resolve_model_path(path):
+    """``demo`` names the built-in demo model; anything else is returned as is."""
+    return DEMO_MODEL_DIR if str(path).strip().lower() == "demo" else path
+
+
+def resolve_data_paths(recipe) -> Tuple[Optional[str], Optional[str]]:
+    """(data.path, data.eval_path), with the demo corpus filled in for the demo model without data."""
+    d = recipe.data
+    if d.path is None and str(recipe.model.path).strip().lower() == "demo":
+        train, evals = demo_data()
+        return str(train), d.eval_path or str(evals)
+    return d.path, d.eval_path
+
+
 def demo_available() -> bool:
     return (DEMO_MODEL_DIR / "config.json").exists()
 
 
 def demo_recipe_dict(mode: str = "qad") -> dict:
-    train, evals = demo_data()
     return {
-        "model": {"path": str(DEMO_MODEL_DIR)},
-        "data": {"path": str(train), "eval_path": str(evals), "seq_len": DEMO_SEQ_LEN, "batch_size": 8,
+        "model": {"path": "demo"},
+        "data": {"seq_len": DEMO_SEQ_LEN, "batch_size": 8,
                  "calib_batches": 8, "eval_batches": 16},
         "quant": {"scheme": DEMO_SCHEME},
         "mode": mode,
-        "train": {"steps": 150, "lr": 5e-4, "warmup_steps": 10, "eval_every": 50, "checkpoint_every": 0},
+        "train": {"steps": 120, "lr": 5e-4, "warmup_steps": 10, "eval_every": 40, "checkpoint_every": 0},
         "device": "auto",
     }
 
@@ -154,8 +167,8 @@ scratch by `python -m engine.demo train` on the pydoc topics that ship with Pyth
 - Stored in float16 safetensors.
 
 It is a demonstration model: it knows a little about Python's documentation and
-nothing else. Its purpose is to show what quantization does: {DEMO_SCHEME} loses
-visibly under PTQ and recovers under QAD.
+nothing else. Its purpose is to show what quantization does: {DEMO_SCHEME} (ternary
+weights) loses visibly under PTQ and recovers under QAD.
 """
 
 

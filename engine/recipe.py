@@ -500,6 +500,24 @@ class ExportSection(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnalysisSection(_Section):
+    _key: ClassVar[str] = "analysis"
+
+    formats: Tuple[str, ...] = _opt((), _List(_FormatName(), "format names"),
+                                    "formats to compare per layer after calibration; empty = skip")
+    sensitivity: bool = _opt(False, _Bool(), "also measure each layer's model-level sensitivity (slow)")
+    benchmark: bool = _opt(True, _Bool(), "time the model before and after (latency, tokens/s, memory)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistributedSection(_Section):
+    _key: ClassVar[str] = "distributed"
+
+    strategy: str = _opt("fsdp2", _Choice("fsdp2", "ddp"), "how the student is spread over processes under torchrun")
+    teacher: str = _opt("replicate", _Choice("replicate", "shard"), "the QAD teacher: a full copy per process, or sharded")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe(_Section):
     """A whole run: model, data, quantization, calibration, mode, training, export.
 
@@ -519,6 +537,8 @@ class Recipe(_Section):
                      "ptq: calibrate only; qat: then train on the task loss; qad: then distill from the original")
     train: TrainSection = _section(TrainSection, "training settings for qat and qad")
     export: ExportSection = _section(ExportSection, "the checkpoint written at the end")
+    analysis: AnalysisSection = _section(AnalysisSection, "per-layer analysis and benchmarks of the run")
+    distributed: DistributedSection = _section(DistributedSection, "settings used only under torchrun")
     seed: int = _opt(0, _Int(ge=0, le=2**32 - 1), "random seed (data order, sampling, initialisation)")
     device: str = _opt("auto", _Device(), "where the student runs; auto = cuda when present")
 

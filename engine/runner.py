@@ -133,11 +133,14 @@ def _load(ctx: RunContext) -> None:
         ctx.report["model"] = {k: info[k] for k in ("name", "architecture", "kind", "n_params", "dtype")}
         ctx.log(f"model {info['name']}: {info['architecture']}, {info['n_params']:,} parameters, "
                 f"{len(info['layers'])} linear layers")
-        if r.data.path is None:
+        from .demo import resolve_data_paths
+
+        data_path, eval_path = resolve_data_paths(r)
+        if data_path is None:
             raise LowbitError("the recipe has no data.path: choose a text file, a folder of .txt files or a .jsonl file")
-        ctx.splits = make_splits(ctx.loaded.tokenizer, r.data.path, r.data.seq_len, eval_path=r.data.eval_path,
+        ctx.splits = make_splits(ctx.loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
                                  text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
-        ctx.report["data"] = {"path": str(r.data.path), "eval_path": r.data.eval_path, "seq_len": r.data.seq_len,
+        ctx.report["data"] = {"path": str(data_path), "eval_path": eval_path, "seq_len": r.data.seq_len,
                               "calib_blocks": int(ctx.splits.calib.shape[0]),
                               "eval_blocks": int(ctx.splits.eval.shape[0])}
         ctx.log(f"data: {ctx.splits.calib.shape[0]} blocks for calibration/training, "
@@ -346,6 +349,10 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
         ctx.report["ptq"] = ptq
         ctx.report["quantized"] = ptq
         ctx.report["layers"] = layer_report(ctx)
+        if recipe.analysis.formats and main:
+            from .analysis.layers import analysis_stage
+
+            analysis_stage(ctx, recipe.analysis.formats, sensitivity=recipe.analysis.sensitivity)
         if recipe.mode in ("qat", "qad"):
             from .train import train_stage
 
@@ -359,6 +366,10 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
             from .export import export_stage
 
             export_stage(ctx)
+        if recipe.analysis.benchmark and dist is None:
+            from .analysis.benchmark import benchmark_stage
+
+            benchmark_stage(ctx)
         ctx.report["status"] = "completed"
         ctx.report["timings"]["total"] = round(time.monotonic() - t0, 3)
         report = _clean(ctx.report)

@@ -28,7 +28,10 @@ def finetune_only(recipe) -> Dict[str, float]:
     device = resolve_device(recipe.device)
     loaded = load_model(recipe.model.path, kind=recipe.model.kind, dtype=recipe.model.dtype, device=str(device))
     r = recipe
-    splits = make_splits(loaded.tokenizer, r.data.path, r.data.seq_len, eval_path=r.data.eval_path,
+    from ..demo import resolve_data_paths
+
+    data_path, eval_path = resolve_data_paths(r)
+    splits = make_splits(loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
                          text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
     torch.manual_seed(r.seed)
     settings = settings_from_recipe(r.with_updates({"mode": "qat"}))

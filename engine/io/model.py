@@ -116,6 +116,9 @@ def load_model(
     Raises:
         ModelLoadError: for every problem with the folder, with the fix in the message.
     """
+    from ..demo import resolve_model_path
+
+    path = resolve_model_path(path)
     folder = _check_folder(path)
     if dtype not in _DTYPES:
         raise ModelLoadError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(_DTYPES)}.")
