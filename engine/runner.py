@@ -20,7 +20,7 @@ import torch
 
 from . import calib
 from .analysis.metrics import evaluate, sqnr_db
-from .errors import Cancelled, LowbitError
+from .errors import Cancelled, LowbitError, out_of_memory_error
 from .events import (CancelToken, JsonlSink, LayerStats, Log, Metric, MultiSink, ProgressTracker, RunFailed,
                      RunFinished, RunStarted, Sink, StageFinished, StageStarted)
 from .quant import schemes
@@ -87,6 +87,7 @@ class RunContext:
     splits: Any = None
     resume_from: Optional[Path] = None  # a training checkpoint to continue from
     dist: Any = None  # engine.distributed.Dist under torchrun; None in a single process
+    current_stage: Optional[str] = None  # the stage running now (named in out-of-memory messages)
 
     def stage(self, name: str, total: Optional[int] = None, detail: str = "") -> "_Stage":
         return _Stage(self, name, total, detail)
@@ -110,6 +111,7 @@ class _Stage:
     def __enter__(self) -> ProgressTracker:
         self.ctx.cancel.check()
         self.t0 = time.monotonic()
+        self.ctx.current_stage = self.name
         self.ctx.sink(StageStarted(self.name, self.total, self.detail))
         return ProgressTracker(self.ctx.sink, self.name, self.total, self.ctx.cancel)
 
@@ -389,6 +391,17 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
             write_json_atomic(run_dir / "report.json", _clean(ctx.report))
         out(RunFailed(str(exc), "error"))
         raise
+    except torch.OutOfMemoryError:
+        # CUDA OOM: a user-fixable problem with a user-facing message (smaller batches, CPU teacher)
+        err = out_of_memory_error(f"in stage '{ctx.current_stage}'" if ctx.current_stage else "during the run",
+                                  recipe)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        ctx.report.update(status="failed", error=str(err))
+        if main:
+            write_json_atomic(run_dir / "report.json", _clean(ctx.report))
+        out(RunFailed(str(err), "error"))
+        raise err from None
     except Exception as exc:
         ctx.report.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         if main:

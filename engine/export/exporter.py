@@ -75,7 +75,10 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
     if not dtype.is_floating_point:
         raise ExportError(f"export dtype must be a floating-point type, not {dtype}")
 
-    folder = ExportFolder(out)
+    try:
+        folder = ExportFolder(out)
+    except OSError as exc:
+        raise _write_error(out, exc) from exc
     try:
         shards = ShardWriter(folder, max_shard_mb, writer.shard_metadata(layers, recipe))
         tie = ties_embeddings(model)
@@ -140,6 +143,9 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
         }
         folder.write_json(MARKER, marker)
         folder.commit()
+    except OSError as exc:  # disk full, read-only folder: nothing half-written under a final name
+        folder.abort()
+        raise _write_error(folder.final, exc) from exc
     except BaseException:
         folder.abort()
         raise
@@ -147,6 +153,13 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
     return {"format": target, "path": str(folder.final), "bytes_on_disk": size,
             "bits_per_param": round(bits, 4) if bits is not None else None, "n_files": n_files,
             "n_quantized_layers": len(layers), "dtype": dtype_name(dtype)}
+
+
+def _write_error(out: os.PathLike, exc: OSError) -> ExportError:
+    reason = exc.strerror or str(exc)
+    return ExportError(f"could not write the export to {out}: {reason} ({type(exc).__name__}, errno "
+                       f"{exc.errno}). Nothing was left under the final file names (a previous export there is "
+                       "unchanged); free disk space or choose a writable output folder, then export again.")
 
 
 def _storage_key(t: torch.Tensor) -> tuple:

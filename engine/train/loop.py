@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import LowbitError
+from ..errors import LowbitError, out_of_memory_error
 from ..events import CancelToken, Metric, Progress, Sink
 
 
@@ -183,13 +183,20 @@ class Trainer:
             if self.dist is not None:
                 ids = self.dist.shard_rows(ids)
             ids = ids.to(self.device)
-            total, parts = self.loss(ids)
-            if self.dist is not None:
-                self.dist.check_finite(total, self.step + 1)
-            elif not torch.isfinite(total):
-                raise LowbitError(f"the training loss became {total.item()} at step {self.step + 1}; "
-                                  "lower the learning rate (train.lr) or enable gradient clipping")
-            (total / s.grad_accum).backward()
+            try:
+                total, parts = self.loss(ids)
+                if self.dist is not None:
+                    self.dist.check_finite(total, self.step + 1)
+                elif not torch.isfinite(total):
+                    raise LowbitError(f"the training loss became {total.item()} at step {self.step + 1}; "
+                                      "lower the learning rate (train.lr) or enable gradient clipping")
+                (total / s.grad_accum).backward()
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)  # give the gradients' memory back first
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise out_of_memory_error(f"at training step {self.step + 1} ({s.mode.upper()}, a micro-batch "
+                                          f"of {ids.shape[0]} x {ids.shape[1]} tokens)") from None
             sums["loss"] = sums.get("loss", 0.0) + total.item() / s.grad_accum
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / s.grad_accum
@@ -259,23 +266,34 @@ class Trainer:
             return final
         tmp = root / f".tmp-step-{self.step:06d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        state = {k: v.detach().contiguous().cpu() for k, v in self.student.state_dict().items()}
-        save_file(_untie(state), str(tmp / "student.safetensors"))
-        torch.save({
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "history": self.history,
-            "evals": self.evals,
-        }, tmp / "trainer.pt")
-        _fsync_dir(tmp)
-        os.replace(tmp, final)
+        try:
+            tmp.mkdir()
+            state = {k: v.detach().contiguous().cpu() for k, v in self.student.state_dict().items()}
+            save_file(_untie(state), str(tmp / "student.safetensors"))
+            torch.save({
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "history": self.history,
+                "evals": self.evals,
+            }, tmp / "trainer.pt")
+            _fsync_dir(tmp)
+            os.replace(tmp, final)
+        except (OSError, RuntimeError) as exc:  # disk full, read-only folder (torch.save raises RuntimeError)
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+            previous = latest_checkpoint(root)
+            kept = (f"the previous checkpoint {previous.name} is intact, so the run can resume from it"
+                    if previous is not None else "no earlier checkpoint exists")
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise LowbitError(f"could not write checkpoint {final.name} in {root}: {reason}; {kept}. Free disk "
+                              "space or make the folder writable, then resume the run (--resume).") from exc
         _write_atomic(root / "latest", final.name)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-2]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".tmp-step-*"):  # left by a process killed while writing a checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: Path) -> None:

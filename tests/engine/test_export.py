@@ -378,7 +378,7 @@ def test_crash_midway_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash_after_first_shard)
     out = tmp_path / "new"
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(ExportError, match="simulated"):  # the OSError, as a user-facing ExportError
         export_model(model, "compressed-tensors", out, max_shard_mb=0.1)
     assert len(calls) == 2
     assert not out.exists()
@@ -387,7 +387,7 @@ def test_crash_midway_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
 
     # a crash while replacing a previous export leaves that export as it was
     calls.clear()
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(ExportError, match="simulated"):  # the OSError, as a user-facing ExportError
         export_model(model, "dense", other, max_shard_mb=0.1)
     assert _snapshot(other) == before
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
