@@ -472,7 +472,7 @@ def save_checkpoint(trainer, d: Dist) -> Path:
     """checkpoints/step-N as a DCP folder plus trainer.pt; written to a temporary folder, renamed by rank 0."""
     import torch.distributed.checkpoint as dcp
 
-    from .train.loop import _fsync_dir, _write_atomic
+    from .fsutil import fsync_tree, write_text_atomic
 
     root = Path(trainer.checkpoint_dir)
     final = root / f"step-{trainer.step:06d}"
@@ -499,9 +499,9 @@ def save_checkpoint(trainer, d: Dist) -> Path:
             "history": trainer.history,
             "evals": trainer.evals,
         }, tmp / "trainer.pt")
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, final)
-        _write_atomic(root / "latest", final.name)
+        write_text_atomic(root / "latest", final.name)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-2]:
             shutil.rmtree(old, ignore_errors=True)
     d.barrier()

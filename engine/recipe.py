@@ -53,6 +53,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 import yaml
 
 from .errors import RecipeError
+from .fsutil import fsync_path
 
 __all__ = [
     "SCHEMA_VERSION", "OLDEST_VERSION", "Recipe", "ModelSection", "DataSection", "QuantSection",
@@ -668,7 +669,7 @@ class Recipe(_Section):
             if isinstance(exc, OSError):
                 raise RecipeError(f"cannot write recipe file {path}: {exc}") from None
             raise
-        _fsync_folder(path.parent)
+        fsync_path(path.parent)
         return path
 
     @classmethod
@@ -862,22 +863,6 @@ def _syntax(path: Path) -> str:
     if syntax is None:
         raise RecipeError(f"recipe file {path}: name it .yaml, .yml or .json (got {path.suffix or 'no suffix'!r})")
     return syntax
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the OS allows syncing a folder (POSIX)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def parse_assignment(text: str) -> Tuple[str, Any]:

@@ -23,6 +23,7 @@ from .analysis.metrics import evaluate, sqnr_db
 from .errors import Cancelled, LowbitError, out_of_memory_error
 from .events import (CancelToken, JsonlSink, LayerStats, Log, Metric, MultiSink, ProgressTracker, RunFailed,
                      RunFinished, RunStarted, Sink, StageFinished, StageStarted)
+from .fsutil import write_text_atomic
 from .quant import schemes
 from .quant.select import apply_plan, plan_layers, quant_layers
 
@@ -39,13 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=_json_value)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_value))
 
 
 def _json_value(v):

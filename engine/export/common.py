@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..fsutil import fsync_path
 from ..formats import Format, QTensor
 from ..formats.fp8 import FP8Format
 from ..formats.integer import AsymIntFormat, IntFormat
@@ -238,7 +239,7 @@ class ExportFolder:
         return self.stage / f".{label}{TMP_TAG}"
 
     def add(self, tmp: Path, name: str) -> None:
-        _fsync_file(tmp)
+        fsync_path(tmp)
         self._pending.append((tmp, name))
 
     def write_json(self, name: str, data: Any) -> None:
@@ -273,10 +274,10 @@ class ExportFolder:
             for old in self.previous.get("files", []):
                 if old not in new and "/" not in old and (self.stage / old).is_file():
                     (self.stage / old).unlink()
-        _fsync_dir(self.stage)
+        fsync_path(self.stage)
         if not self.in_place:
             os.rename(self.stage, self.final)
-            _fsync_dir(self.final.parent)
+            fsync_path(self.final.parent)
         self._pending = []
 
     def abort(self) -> None:
@@ -289,30 +290,6 @@ class ExportFolder:
         else:
             shutil.rmtree(self.stage, ignore_errors=True)
         self._pending = []
-
-
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

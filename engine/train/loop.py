@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import LowbitError, out_of_memory_error
 from ..events import CancelToken, Metric, Progress, Sink
+from ..fsutil import fsync_tree, write_text_atomic
 
 
 @dataclass
@@ -279,7 +280,7 @@ class Trainer:
                 "history": self.history,
                 "evals": self.evals,
             }, tmp / "trainer.pt")
-            _fsync_dir(tmp)
+            fsync_tree(tmp)
             os.replace(tmp, final)
         except (OSError, RuntimeError) as exc:  # disk full, read-only folder (torch.save raises RuntimeError)
             shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
@@ -289,7 +290,7 @@ class Trainer:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
             raise LowbitError(f"could not write checkpoint {final.name} in {root}: {reason}; {kept}. Free disk "
                               "space or make the folder writable, then resume the run (--resume).") from exc
-        _write_atomic(root / "latest", final.name)
+        write_text_atomic(root / "latest", final.name)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(".tmp-step-*"):  # left by a process killed while writing a checkpoint
@@ -350,16 +351,3 @@ def _untie(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
