@@ -56,6 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         window.open_recipe(recipe)
         if not args.recipe:
             window.recipe_path = None  # "Save" asks where, rather than overwriting the cached demo recipe
+            window._update_title()
     if args.model:
         window.open_model(args.model)
     if args.data:

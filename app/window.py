@@ -493,6 +493,7 @@ class MainWindow(QMainWindow):
         return True
 
     def _update_title(self) -> None:
+        self.run_panel.update_cluster_command(self.recipe_path)
         name = Path(self.recipe_path).name if self.recipe_path else "untitled recipe"
         self.setWindowTitle(f"{name} — Lowbit Studio")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
-                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QApplication, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
+                               QWidget)
 
 from .. import theme
 from ..jobs import DeviceChoice
@@ -68,6 +70,7 @@ class RunPanel(Page):
                                    "folder here.")
         form.addRow("Runs folder:", self.run_folder)
         self.content.addWidget(where)
+        self.content.addWidget(self._cluster_box(state))
 
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
@@ -110,6 +113,57 @@ class RunPanel(Page):
         self._finished: set = set()
         self._placeholder()
         self._started = 0.0
+
+    def _cluster_box(self, state: RecipeState) -> QGroupBox:
+        """The torchrun command that runs this same recipe on several GPUs, to copy to a cluster."""
+        box = QGroupBox("On several GPUs")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.gpus = QSpinBox()
+        self.gpus.setRange(1, 1024)
+        self.gpus.setValue(8)
+        self.gpus.setToolTip("GPUs per machine: torchrun starts one process per GPU.")
+        self.nodes = QSpinBox()
+        self.nodes.setRange(1, 1024)
+        self.nodes.setToolTip("Machines; each runs the same command (the run folder must be shared).")
+        self.strategy = QComboBox()
+        self.strategy.addItem("FSDP2 (shard the model)", "fsdp2")
+        self.strategy.addItem("DDP (a copy per GPU)", "ddp")
+        bind(self.strategy, state, "distributed.strategy",
+             "FSDP2 shards weights, gradients and optimizer state across GPUs; DDP keeps a full copy on each.")
+        row.addWidget(QLabel("GPUs per machine"))
+        row.addWidget(self.gpus)
+        row.addWidget(QLabel("machines"))
+        row.addWidget(self.nodes)
+        row.addWidget(self.strategy, 1)
+        form.addRow(row)
+        line = QHBoxLayout()
+        self.cluster_command = QLineEdit()
+        self.cluster_command.setReadOnly(True)
+        self.cluster_command.setToolTip("Save the recipe first (File > Save recipe); the command runs that file.")
+        copy = QPushButton("Copy")
+        copy.clicked.connect(lambda: QApplication.clipboard().setText(self.cluster_command.text()))
+        line.addWidget(self.cluster_command, 1)
+        line.addWidget(copy)
+        form.addRow(line)
+        self._recipe_path: Optional[str] = None
+        for widget in (self.gpus, self.nodes):
+            widget.valueChanged.connect(lambda _: self.update_cluster_command())
+        self.strategy.currentIndexChanged.connect(lambda _: self.update_cluster_command())
+        self.update_cluster_command()
+        return box
+
+    def update_cluster_command(self, recipe_path: Optional[str] = "") -> None:
+        """Show the torchrun command for the saved recipe (``""`` keeps the last path)."""
+        from engine.distributed import torchrun_command
+
+        if recipe_path != "":
+            self._recipe_path = recipe_path
+        recipe = self._recipe_path or "recipe.yaml"
+        out = str(Path(self.run_folder.text() or "runs") / "cluster-run")
+        self.cluster_command.setText(torchrun_command(recipe, out, self.gpus.value(), self.nodes.value(),
+                                                      strategy=self.strategy.currentData()))
+        self.cluster_command.setCursorPosition(0)
 
     def _placeholder(self) -> None:
         item = QListWidgetItem("Each stage of the run is listed here as it starts, with the time it took.")
