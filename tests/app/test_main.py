@@ -13,7 +13,33 @@ def test_options():
                                       "--quit-after", "2.5"])
     assert (args.model, args.data, args.recipe, args.screenshot, args.quit_after) == ("m", "d.txt", "r.yaml",
                                                                                       "x.png", 2.5)
-    assert default_model_path() is None  # the demo model hooks in here later
+    from engine.demo import DEMO_MODEL_DIR
+
+    assert default_model_path() == str(DEMO_MODEL_DIR)  # the demo ships with the project
+
+
+def test_no_arguments_opens_the_demo_preselected(qapp, tmp_path, monkeypatch):
+    from app.window import MainWindow
+    from engine.demo import DEMO_MODEL_DIR, DEMO_SCHEME
+    from engine.recipe import Recipe
+
+    opened = []
+    original = MainWindow.open_recipe
+
+    def spy(self, path):
+        ok = original(self, path)
+        opened.append((path, ok, self.state.get("model.path"), self.state.get("data.path")))
+        return ok
+
+    monkeypatch.setattr(MainWindow, "open_recipe", spy)
+    png = tmp_path / "demo.png"
+    assert main(["--screenshot", str(png), "--quit-after", "6"]) == 0
+    assert png.is_file() and image_is_not_blank(png)
+    (path, ok, model, data), = opened
+    assert ok and model == str(DEMO_MODEL_DIR) and data.endswith("python-docs-train.txt")
+    recipe = Recipe.load(path)
+    assert recipe.quant.scheme == DEMO_SCHEME and recipe.mode == "qad"
+    qapp.processEvents()
 
 
 def test_main_opens_the_window_and_saves_a_screenshot(qapp, tiny_llama_dir, text_file, tmp_path, capsys):

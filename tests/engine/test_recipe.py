@@ -67,7 +67,8 @@ def test_defaults_follow_the_schema():
 
 def test_to_dict_is_plain_json_with_every_key():
     d = make().to_dict()
-    assert list(d) == ["version", "model", "data", "quant", "calibration", "mode", "train", "export", "seed", "device"]
+    assert list(d) == ["version", "model", "data", "quant", "calibration", "mode", "train", "export", "analysis",
+                       "distributed", "seed", "device"]
     assert json.loads(json.dumps(d)) == d
     assert d["quant"]["include"] == ["*"] and d["quant"]["overrides"] == []
     leaves = {f"{s}.{k}" for s, v in d.items() if isinstance(v, dict) for k in v}
@@ -500,6 +501,10 @@ def valid_recipe_dicts(draw):
         "export": {"format": draw(st.sampled_from([None, "compressed-tensors", "modelopt", "dense"])),
                    "path": draw(maybe_text), "verify": draw(st.booleans()),
                    "max_shard_mb": draw(st.integers(1, 10**6))},
+        "analysis": {"formats": draw(st.lists(st.sampled_from(FORMATS), max_size=3)),
+                     "sensitivity": draw(st.booleans()), "benchmark": draw(st.booleans())},
+        "distributed": {"strategy": draw(st.sampled_from(["fsdp2", "ddp"])),
+                        "teacher": draw(st.sampled_from(["replicate", "shard"]))},
         "seed": draw(st.integers(0, 2**32 - 1)),
         "device": draw(devices),
     }
@@ -521,7 +526,7 @@ junk = st.recursive(
     max_leaves=8,
 )
 SETTABLE = [info.key for info in schema() if "[]" not in info.key]
-SECTIONS = ["model", "data", "quant", "calibration", "train", "export"]
+SECTIONS = ["model", "data", "quant", "calibration", "train", "export", "analysis", "distributed"]
 
 
 def only_recipe_errors(build):
