@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bt.add_argument("--batch-size", type=int, default=8)
     bt.add_argument("--seq-len", type=int, default=128)
-    bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 3 warm-up)")
+    bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 6 warm-up)")
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_bench_train)
     br = bsub.add_parser("recovery", help="PTQ vs QAT vs QAD vs plain fine-tuning at the same step budget")

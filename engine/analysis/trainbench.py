@@ -44,7 +44,7 @@ def _time_steps(trainer: Trainer, warmup: int, steps: int, sync) -> List[float]:
 
 
 def bench_train(model=None, scheme_names: Sequence[str] = ("W4A16-INT4", "W4A16-NVFP4", "W4A4-NVFP4"),
-                device: str = "cpu", batch_size: int = 8, seq_len: int = 128, steps: int = 8, warmup: int = 3,
+                device: str = "cpu", batch_size: int = 8, seq_len: int = 128, steps: int = 8, warmup: int = 6,
                 on_result: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

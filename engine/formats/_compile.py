@@ -17,6 +17,9 @@ import warnings
 import torch
 
 MIN_NUMEL = 1 << 18  # below this, kernel launch and guard overhead outweigh fusion
+# Training runs the same kernels (with the STE mask) thousands of times, so the
+# one-off compile pays off on smaller tensors there.
+MIN_NUMEL_TRAINING = 1 << 16
 
 _compiled: dict = {}
 _broken = False
@@ -27,7 +30,7 @@ def mode() -> str:
     return {"0": "off", "false": "off", "off": "off", "1": "on", "true": "on", "on": "on"}.get(value, "auto")
 
 
-def _want_compile(x: torch.Tensor) -> bool:
+def _want_compile(x: torch.Tensor, need_mask: bool = False) -> bool:
     if _broken:
         return False
     m = mode()
@@ -35,7 +38,7 @@ def _want_compile(x: torch.Tensor) -> bool:
         return False
     if m == "on":
         return True
-    return x.numel() >= MIN_NUMEL and x.device.type in ("cpu", "cuda")
+    return x.numel() >= (MIN_NUMEL_TRAINING if need_mask else MIN_NUMEL) and x.device.type in ("cpu", "cuda")
 
 
 def _kernel(fmt, need_mask: bool):
@@ -56,7 +59,7 @@ def _kernel(fmt, need_mask: bool):
 
 def run(fmt, x: torch.Tensor, amax, need_mask: bool):
     global _broken
-    if _want_compile(x):
+    if _want_compile(x, need_mask):
         try:
             return _kernel(fmt, need_mask)(x, amax)
         except Exception as exc:  # compiler missing or unsupported op: eager is always correct
