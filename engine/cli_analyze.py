@@ -220,24 +220,10 @@ def register(sub) -> None:
 
 
 def main(argv=None) -> int:
-    """Run these commands on their own (``python -m engine.cli_analyze analyze ...``)."""
-    import argparse
+    """Run these commands on their own (``python -m engine.cli_analyze analyze ...``): the ``lowbit`` CLI."""
+    from .cli import main as lowbit_main
 
-    p = argparse.ArgumentParser(prog="lowbit")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    register(sub)
-    args = p.parse_args(argv)
-    if not getattr(args, "func", None):
-        p.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except LowbitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return lowbit_main(argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import List, Optional
 
-from .errors import LowbitError
 
 FORMATS = ("compressed-tensors", "modelopt", "dense")
 
@@ -42,15 +40,10 @@ def register(sub) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``export`` on its own (``python -m engine.cli_export RUN_DIR ...``)."""
-    parser = argparse.ArgumentParser(prog="lowbit")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except LowbitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """Run ``export`` on its own (``python -m engine.cli_export RUN_DIR ...``): ``lowbit export ...``."""
+    from .cli import main as lowbit_main
+
+    return lowbit_main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
