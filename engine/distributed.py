@@ -447,7 +447,9 @@ def full_state_dict(model: nn.Module, d: Dist) -> Dict[str, torch.Tensor]:
     if not is_sharded(model):
         if not d.is_main:
             return {}
-        return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        from .train.loop import cpu_state_dict
+
+        return cpu_state_dict(model)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not d.is_main:
         return {}
@@ -566,9 +568,9 @@ def _load_full(trainer, path: Path, meta: Dict[str, Any]) -> None:
 
     weights = load_file(str(path / "student.safetensors"))
     model = unwrap(trainer.student)
-    for name, value in weights.items():
-        if name.endswith("_quantizer.amax"):
-            model.get_submodule(name.rsplit(".", 1)[0]).set_amax(value)
+    from .quant.select import restore_amax
+
+    restore_amax(model, weights)
     names = {id(p): n for n, p in model.named_parameters()}
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     fqns = [names[id(p)] for p in params]
@@ -589,18 +591,9 @@ def _load_full(trainer, path: Path, meta: Dict[str, Any]) -> None:
 def rebuild_student(ctx, state: Dict[str, torch.Tensor]):
     """A plain (unsharded) copy of the run's student from a full state dict: LoadedModel with the same
     tokenizer and path, for the single-process exporters."""
-    from .io.model import load_model
-    from .quant.select import LayerPlan, apply_plan
+    from .runner import build_student
 
-    r = ctx.recipe
-    loaded = load_model(r.model.path, kind=r.model.kind, dtype=r.model.dtype, device=str(ctx.device),
-                        trust_remote_code=r.model.trust_remote_code)
-    apply_plan(loaded.model, [LayerPlan(**p) for p in ctx.report["plan"]])
-    for name, value in state.items():
-        if name.endswith("_quantizer.amax"):
-            loaded.model.get_submodule(name.rsplit(".", 1)[0]).set_amax(value.to(ctx.device))
-    loaded.model.load_state_dict(state, strict=False)
-    loaded.model.eval()
+    loaded = build_student(ctx.recipe, ctx.report["plan"], state, ctx.device)
     return replace(ctx.loaded, model=loaded.model)
 
 

@@ -235,9 +235,7 @@ STUDENT_FILE = "student.safetensors"
 
 def save_student(ctx: RunContext) -> Path:
     """Save the quantized student (weights and quantizer scales) so the run can be exported later."""
-    from safetensors.torch import save_file
-
-    from .train.loop import _untie
+    from .train.loop import cpu_state_dict, save_state
 
     path = ctx.run_dir / STUDENT_FILE
     if ctx.dist is not None:  # [distributed] gather the full state on rank 0, which alone writes
@@ -248,21 +246,33 @@ def save_student(ctx: RunContext) -> Path:
             ctx.dist.barrier()
             return path
     else:
-        state = {k: v.detach().contiguous().cpu() for k, v in ctx.loaded.model.state_dict().items()}
+        state = cpu_state_dict(ctx.loaded.model)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_untie(state), str(tmp), metadata={"lowbit": "student"})
+    save_state(state, tmp, metadata={"lowbit": "student"})
     os.replace(tmp, path)
     if ctx.dist is not None:
         ctx.dist.barrier()
     return path
 
 
+def build_student(recipe, plan: List[Dict[str, Any]], state: Dict[str, torch.Tensor], device) -> Any:
+    """The recipe's model, quantized by ``plan`` (report["plan"]) and set to a saved student ``state``."""
+    from .io.model import load_model
+    from .quant.select import LayerPlan, restore_amax
+
+    loaded = load_model(recipe.model.path, kind=recipe.model.kind, dtype=recipe.model.dtype, device=str(device),
+                        trust_remote_code=recipe.model.trust_remote_code)
+    apply_plan(loaded.model, [LayerPlan(**p) for p in plan])
+    restore_amax(loaded.model, state, device)
+    loaded.model.load_state_dict(state, strict=False)
+    loaded.model.eval()
+    return loaded
+
+
 def load_student(run_dir: os.PathLike, device: str = "cpu"):
     """Rebuild a finished run's quantized model: returns (loaded model, recipe, report)."""
     from safetensors.torch import load_file
 
-    from .io.model import load_model
-    from .quant.select import LayerPlan
     from .recipe import Recipe
 
     run_dir = Path(run_dir)
@@ -271,16 +281,8 @@ def load_student(run_dir: os.PathLike, device: str = "cpu"):
         raise LowbitError(f"{run_dir} is not a finished run folder (needs report.json and {STUDENT_FILE})")
     report = json.loads(report_path.read_text())
     recipe = Recipe.load(run_dir / "recipe.yaml")
-    loaded = load_model(recipe.model.path, kind=recipe.model.kind, dtype=recipe.model.dtype, device=device,
-                        trust_remote_code=recipe.model.trust_remote_code)
-    apply_plan(loaded.model, [LayerPlan(**p) for p in report["plan"]])
     state = load_file(str(run_dir / STUDENT_FILE), device=device)
-    for name, value in state.items():
-        if name.endswith("_quantizer.amax"):
-            loaded.model.get_submodule(name.rsplit(".", 1)[0]).set_amax(value)
-    loaded.model.load_state_dict(state, strict=False)
-    loaded.model.eval()
-    return loaded, recipe, report
+    return build_student(recipe, report["plan"], state, device), recipe, report
 
 
 def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = None,

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..events import CancelToken
-from ..io.data import make_splits
+from ..io.data import batches, make_splits
 from ..io.model import load_model
 from ..runner import resolve_device, run
 from ..train import settings_from_recipe
@@ -37,8 +37,6 @@ def finetune_only(recipe) -> Dict[str, float]:
     settings = settings_from_recipe(r.with_updates({"mode": "qat"}))
     trainer = Trainer(loaded.model, None, loaded.kind, splits.train, settings, device, lambda e: None, CancelToken())
     trainer.fit()
-    from .. io.data import batches
-
     res = evaluate(loaded.model, batches(splits.eval, r.data.batch_size, r.data.eval_batches), loaded.kind, device,
                    compare=False)
     return res["baseline"]

@@ -146,3 +146,14 @@ class quantization_disabled:
         for q, state in self._saved:
             q.enabled = state
         return False
+
+
+def restore_amax(model: nn.Module, state: Dict, device=None) -> None:
+    """Set every quantizer amax found in ``state`` (a saved state dict) on ``model``.
+
+    A quantizer's amax is None until calibrated, so ``load_state_dict`` has no
+    buffer to copy it into; this makes the buffers exist first.
+    """
+    for name, value in state.items():
+        if name.endswith("_quantizer.amax"):
+            model.get_submodule(name.rsplit(".", 1)[0]).set_amax(value if device is None else value.to(device))

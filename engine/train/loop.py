@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import LowbitError, out_of_memory_error
 from ..events import CancelToken, Metric, Progress, Sink
 from ..fsutil import fsync_tree, write_text_atomic
+from ..quant.select import restore_amax
 
 
 @dataclass
@@ -269,8 +270,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
-            state = {k: v.detach().contiguous().cpu() for k, v in self.student.state_dict().items()}
-            save_file(_untie(state), str(tmp / "student.safetensors"))
+            save_state(cpu_state_dict(self.student), tmp / "student.safetensors")
             torch.save({
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
@@ -309,11 +309,7 @@ class Trainer:
         except Exception as exc:
             raise LowbitError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
                               "delete it to resume from the one before") from None
-        # quantizer amax buffers may be None before calibration: set them from the checkpoint
-        for name, value in weights.items():
-            if name.endswith("_quantizer.amax"):
-                mod = self.student.get_submodule(name.rsplit(".", 1)[0])
-                mod.set_amax(value)
+        restore_amax(self.student, weights)
         missing, unexpected = self.student.load_state_dict(weights, strict=False)
         missing = [m for m in missing if not m.endswith("lm_head.weight")]
         if missing or unexpected:
@@ -340,14 +336,20 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     return steps[-1] if steps else None
 
 
-def _untie(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """safetensors refuses shared storage (tied embeddings): give each name its own copy."""
-    seen = {}
+def cpu_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict (quantizer scales included) as contiguous CPU tensors."""
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def save_state(state: Dict[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write a state dict as safetensors; tensors sharing storage (tied embeddings) get their own copy,
+    which safetensors requires."""
+    seen = set()
     out = {}
     for k, v in state.items():
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
         out[k] = v.clone() if key in seen else v
-        seen[key] = k
-    return out
+        seen.add(key)
+    save_file(out, str(path), metadata=metadata)
 
 

@@ -11,23 +11,14 @@ import gc
 
 import pytest
 
-from engine.recipe import Recipe
+from test_reliability import recipe  # the same small PTQ recipe as the other reliability tests
+
 from engine.runner import run
 
 
 @pytest.fixture(autouse=True)
 def _eager(monkeypatch):
     monkeypatch.setenv("LOWBIT_COMPILE", "0")
-
-
-def recipe(model_dir, data) -> Recipe:
-    return Recipe.from_dict({
-        "model": {"path": str(model_dir)},
-        "data": {"path": str(data), "seq_len": 32, "batch_size": 2, "calib_batches": 1, "eval_batches": 1},
-        "quant": {"scheme": "W4A16-INT4"},
-        "analysis": {"benchmark": False},
-        "device": "cpu",
-    }, require_version=False)
 
 
 def _rss_mb() -> float:
