@@ -36,6 +36,7 @@ _SCHEMES: Dict[str, Scheme] = {
         Scheme("W4A4-NVFP4", "nvfp4", "nvfp4", "NVFP4 weights and activations (E2M1, blocks of 16, FP8 scales)"),
         Scheme("W4A16-NVFP4", "nvfp4", None, "NVFP4 weights, activations kept"),
         Scheme("W4A4-MXFP4", "mxfp4", "mxfp4", "MXFP4 weights and activations (E2M1, blocks of 32, E8M0 scales)"),
+        Scheme("W4A16-MXFP4", "mxfp4", None, "MXFP4 weights (E2M1, blocks of 32, E8M0 scales), activations kept"),
         Scheme("W8A8-MXFP8", "mxfp8", "mxfp8", "MXFP8 weights and activations (E4M3, blocks of 32, E8M0 scales)"),
         Scheme("W3A16-INT3", "int3_g32", None, "3-bit integer weights in groups of 32, activations kept"),
         Scheme("W2A16-INT2", "int2_g32", None, "ternary weights {-1, 0, 1} in groups of 32, activations kept"),
