@@ -1,0 +1,92 @@
+"""Measuring memory: the resident set of this process (Linux /proc) and CUDA's allocator peak.
+
+``peak_rss_reset()`` makes the kernel's high-water mark (VmHWM) start again from the
+current resident set, so a stage's own peak can be read with ``peak_rss()`` after it.
+Where /proc is missing (macOS, Windows) the figures come from ``resource`` and cannot be
+reset; ``rss_resettable()`` says which.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, Optional
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def _status() -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def rss() -> int:
+    """Bytes resident now."""
+    value = _status().get("VmRSS")
+    if value is not None:
+        return value
+    return peak_rss()
+
+
+def peak_rss() -> int:
+    """Bytes resident at the high-water mark (since the start, or since ``peak_rss_reset``)."""
+    value = _status().get("VmHWM")
+    if value is not None:
+        return value
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def rss_resettable() -> bool:
+    return os.path.exists("/proc/self/clear_refs")
+
+
+def peak_rss_reset() -> bool:
+    """Restart the high-water mark from the current resident set; False where the system cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def total_ram() -> Optional[int]:
+    """Physical memory of this machine in bytes (None if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_ram() -> Optional[int]:
+    """Memory the kernel says a new allocation can get without swapping (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return total_ram()
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"

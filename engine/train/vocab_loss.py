@@ -1,0 +1,335 @@
+"""Cross-entropy and distillation KL over the vocabulary, computed a chunk of tokens at a time.
+
+With a 152k vocabulary, one fp32 copy of the logits of 2048 tokens is 1.2 GB, and the
+plain formulation (``log_softmax`` of student and teacher, ``kl_div``, then autograd's
+saved tensors and gradients) keeps several of them alive at once. Here:
+
+- the student's logits are never whole: the LM head is applied to ``chunk_tokens`` rows
+  of the final hidden states at a time, inside a custom autograd function that keeps
+  only the hidden states and recomputes each chunk's logits in the backward pass;
+- the teacher's logits are never whole in fp32 either: they come per chunk from the
+  teacher's hidden states and head (or from a logits tensor in its own dtype, e.g. bf16,
+  converted one chunk at a time, or from its top-k values and indices);
+- the loss values and gradients are the same as the unchunked formulas
+  (``F.cross_entropy`` over the shifted tokens, ``F.kl_div(..., reduction="batchmean")
+  * T^2``): each chunk's sum is exact and the chunk sums are added in float64.
+
+Gradients of the two losses are formed per chunk as closed forms of the softmax:
+d CE / d z = (softmax(z) - onehot(target)) / n_targets and
+d KD / d z = T * (softmax(z / T) - p_teacher) / n_rows, the latter because
+``kl(p || q) = sum p (log p - log q)`` and ``sum p = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Teacher:
+    """Where the teacher's next-token distribution comes from, one chunk of rows at a time.
+
+    Exactly one of: ``hidden`` (N, H) with ``weight`` (V, H) and optional ``bias`` (its LM
+    head); ``logits`` (N, V) in any dtype; ``topk_values`` / ``topk_indices`` (N, k): the
+    teacher's k largest logits, its distribution renormalised over them (sparse distillation).
+    """
+
+    hidden: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    topk_values: Optional[torch.Tensor] = None
+    topk_indices: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        given = [self.hidden is not None, self.logits is not None, self.topk_values is not None]
+        if sum(given) != 1:
+            raise ValueError("Teacher takes exactly one of hidden (+ weight), logits or topk_values (+ topk_indices)")
+        if self.hidden is not None and self.weight is None:
+            raise ValueError("Teacher(hidden=...) needs the weight of the teacher's LM head")
+        if self.topk_values is not None and self.topk_indices is None:
+            raise ValueError("Teacher(topk_values=...) needs topk_indices")
+
+    @property
+    def rows(self) -> int:
+        for t in (self.hidden, self.logits, self.topk_values):
+            if t is not None:
+                return t.shape[0]
+        return 0
+
+    @property
+    def sparse(self) -> bool:
+        return self.topk_values is not None
+
+    @torch.no_grad()
+    def log_probs(self, lo: int, hi: int, temperature: float) -> torch.Tensor:
+        """log p of rows lo..hi in fp32: (n, V), or (n, k) for a top-k teacher."""
+        if self.hidden is not None:
+            z = F.linear(self.hidden[lo:hi], self.weight, self.bias).float()
+        elif self.logits is not None:
+            z = self.logits[lo:hi].float()
+        else:
+            z = self.topk_values[lo:hi].float()
+        return F.log_softmax(z / temperature, -1)
+
+
+def topk_teacher(logits: torch.Tensor, k: int) -> Teacher:
+    """A sparse teacher from full logits: its k largest values and their indices per row."""
+    values, indices = torch.topk(logits, k, dim=-1)
+    return Teacher(topk_values=values, topk_indices=indices)
+
+
+def auto_chunk_tokens(vocab: int) -> int:
+    """Rows per chunk so that one fp32 (rows, vocab) buffer is about 128 MB (a few are alive at once)."""
+    return max(16, (1 << 25) // max(1, vocab))
+
+
+def _chunk(z: torch.Tensor, targets: Optional[torch.Tensor], teacher: Optional[Teacher], lo: int, hi: int,
+           temperature: float, kd_rows: Optional[torch.Tensor], want: str,
+           ce_scale: float = 0.0, kd_scale: float = 0.0):
+    """Loss sums (float64 scalars) or the gradient d(loss)/dz of one chunk of fp32 student logits z.
+
+    The caller passes z without keeping a reference, so it is freed as soon as it is used."""
+    lq = F.log_softmax(z, -1)  # the CE's log q; also the KD's when T = 1
+    lq_t = None
+    if teacher is not None and temperature != 1.0:
+        lq_t = F.log_softmax(z / temperature, -1)
+    del z
+    if lq_t is None:
+        lq_t = lq
+    rows = None if kd_rows is None else kd_rows[lo:hi, None].to(lq.dtype)
+    if want == "loss":
+        ce_sum = kd_sum = None
+        if targets is not None:
+            t = targets[lo:hi]
+            valid = t != IGNORE_INDEX
+            picked = lq.gather(1, torch.where(valid, t, 0)[:, None])[:, 0]
+            ce_sum = -(picked * valid).sum(dtype=torch.float64)
+        if teacher is not None:
+            lp = teacher.log_probs(lo, hi, temperature)
+            if teacher.sparse:
+                lq_t = lq_t.gather(1, teacher.topk_indices[lo:hi])
+            del lq
+            terms = lp - lq_t
+            del lq_t
+            terms *= lp.exp_()
+            if rows is not None:
+                terms *= rows
+            kd_sum = terms.sum(dtype=torch.float64)
+        return ce_sum, kd_sum
+    # gradient: ce_scale * valid * (q - onehot) + kd_scale * rows * (q_T - p), built in place
+    ce_coef = None
+    if targets is not None and ce_scale != 0.0:
+        t = targets[lo:hi]
+        valid = t != IGNORE_INDEX
+        ce_coef = valid.to(lq.dtype)[:, None] * ce_scale
+    kd_coef = None
+    if teacher is not None and kd_scale != 0.0:
+        kd_coef = rows * kd_scale if rows is not None else torch.full_like(lq[:, :1], kd_scale)
+    same = lq_t is lq
+    grad = lq.exp_()  # q
+    if not same:
+        grad *= ce_coef if ce_coef is not None else 0.0
+        if kd_coef is not None:
+            q_t = lq_t.exp_()
+            q_t *= kd_coef
+            grad += q_t
+            del q_t
+    else:
+        coef = (ce_coef if ce_coef is not None else 0.0) + (kd_coef if kd_coef is not None else 0.0)
+        grad *= coef
+    del lq, lq_t
+    if ce_coef is not None:
+        grad.scatter_add_(1, torch.where(valid, t, 0)[:, None], -ce_coef)
+    if kd_coef is not None:
+        p = teacher.log_probs(lo, hi, temperature).exp_()
+        p *= -kd_coef
+        if teacher.sparse:
+            grad.scatter_add_(1, teacher.topk_indices[lo:hi], p)
+        else:
+            grad += p
+    return grad
+
+
+class _HeadLoss(torch.autograd.Function):
+    """(CE, KD) of the student's LM head applied to ``hidden`` chunk by chunk; gradients for
+    the hidden states, the head's weight and its bias, recomputing each chunk's logits."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, hidden, weight, bias, opts):
+        targets, teacher, temperature, chunk, kd_rows = opts
+        n = hidden.shape[0]
+        ce = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        kd = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        with torch.no_grad():
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                c, k = _chunk(F.linear(hidden[lo:hi], weight, bias).float(), targets, teacher, lo, hi,
+                              temperature, kd_rows, "loss")
+                if c is not None:
+                    ce += c
+                if k is not None:
+                    kd += k
+        ctx.save_for_backward(hidden, weight, bias)
+        ctx.opts = opts
+        ctx.norms = _norms(targets, teacher, kd_rows, n)
+        n_ce, n_kd = ctx.norms
+        return (ce / max(n_ce, 1)).float(), (kd / max(n_kd, 1) * temperature * temperature).float()
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_ce, grad_kd):
+        hidden, weight, bias = ctx.saved_tensors
+        targets, teacher, temperature, chunk, kd_rows = ctx.opts
+        n_ce, n_kd = ctx.norms
+        ce_scale = float(grad_ce) / max(n_ce, 1) if targets is not None else 0.0
+        kd_scale = float(grad_kd) * temperature / max(n_kd, 1) if teacher is not None else 0.0
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        n = hidden.shape[0]
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            h = hidden[lo:hi]
+            g = _chunk(F.linear(h, weight, bias).float(), targets, teacher, lo, hi, temperature, kd_rows, "grad",
+                       ce_scale, kd_scale)
+            if need_h:
+                grad_h[lo:hi] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_w:
+                grad_w.addmm_(g.t(), h.float())
+            if need_b:
+                grad_b += g.sum(0)
+            del g
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None, None)
+
+
+class _LogitsLoss(torch.autograd.Function):
+    """(CE, KD) of a given logits tensor (any dtype), never converting all of it to fp32 at once."""
+
+    @staticmethod
+    def forward(ctx, logits, opts):
+        targets, teacher, temperature, chunk, kd_rows = opts
+        n = logits.shape[0]
+        ce = torch.zeros((), dtype=torch.float64, device=logits.device)
+        kd = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            c, k = _chunk(logits[lo:hi].float(), targets, teacher, lo, hi, temperature, kd_rows, "loss")
+            if c is not None:
+                ce += c
+            if k is not None:
+                kd += k
+        ctx.save_for_backward(logits)
+        ctx.opts = opts
+        ctx.norms = _norms(targets, teacher, kd_rows, n)
+        n_ce, n_kd = ctx.norms
+        return (ce / max(n_ce, 1)).float(), (kd / max(n_kd, 1) * temperature * temperature).float()
+
+    @staticmethod
+    def backward(ctx, grad_ce, grad_kd):
+        (logits,) = ctx.saved_tensors
+        targets, teacher, temperature, chunk, kd_rows = ctx.opts
+        n_ce, n_kd = ctx.norms
+        ce_scale = float(grad_ce) / max(n_ce, 1) if targets is not None else 0.0
+        kd_scale = float(grad_kd) * temperature / max(n_kd, 1) if teacher is not None else 0.0
+        grad = torch.empty_like(logits)
+        for lo in range(0, logits.shape[0], chunk):
+            hi = min(logits.shape[0], lo + chunk)
+            g = _chunk(logits[lo:hi].float(), targets, teacher, lo, hi, temperature, kd_rows, "grad",
+                       ce_scale, kd_scale)
+            grad[lo:hi] = g.to(logits.dtype)
+        return grad, None
+
+
+def _norms(targets, teacher, kd_rows, n) -> Tuple[int, int]:
+    n_ce = int((targets != IGNORE_INDEX).sum()) if targets is not None else 0
+    if teacher is None:
+        n_kd = 0
+    else:
+        n_kd = int(kd_rows.sum()) if kd_rows is not None else n
+    return n_ce, n_kd
+
+
+def vocab_losses(hidden: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
+                 bias: Optional[torch.Tensor] = None, *, logits: Optional[torch.Tensor] = None,
+                 targets: Optional[torch.Tensor] = None, teacher: Optional[Teacher] = None,
+                 temperature: float = 1.0, chunk_tokens: Optional[int] = None,
+                 kd_rows: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, distillation KL) of the student over the vocabulary, by chunks of rows.
+
+    The student is either its final hidden states ``hidden`` (N, H) with its LM head
+    ``weight`` (V, H) / ``bias`` (preferred: its logits never exist whole), or ``logits`` (N, V).
+    ``targets`` (N,) holds the next token of each row or ``IGNORE_INDEX``: the CE is their
+    mean (as ``F.cross_entropy``). ``teacher`` gives the KD term: ``sum_rows KL(p_T || q_T)
+    / n_rows * T^2`` (as ``F.kl_div(..., reduction="batchmean") * T^2``), over the rows where
+    ``kd_rows`` (N,) is true, or all rows. A term that is not asked for is a zero tensor.
+    """
+    if hidden is None and logits is None:
+        raise ValueError("vocab_losses needs the student's hidden states (with its head) or its logits")
+    vocab = weight.shape[0] if hidden is not None and weight is not None else (logits.shape[-1] if logits is not None else 1)
+    chunk_tokens = auto_chunk_tokens(vocab) if chunk_tokens is None else int(chunk_tokens)
+    if chunk_tokens < 1:
+        raise ValueError("chunk_tokens must be at least 1")
+    if targets is None and teacher is None:
+        raise ValueError("vocab_losses needs targets (cross-entropy), a teacher (distillation) or both")
+    if hidden is not None:
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+    else:
+        logits = logits.reshape(-1, logits.shape[-1])
+    n = hidden.shape[0] if hidden is not None else logits.shape[0]
+    if teacher is not None and teacher.rows != n:
+        raise ValueError(f"the teacher has {teacher.rows} rows and the student {n}")
+    if kd_rows is not None:
+        kd_rows = kd_rows.reshape(-1).bool()
+    opts = (targets.reshape(-1) if targets is not None else None, teacher, float(temperature), int(chunk_tokens),
+            kd_rows)
+    if hidden is not None:
+        if weight is None:
+            raise ValueError("vocab_losses(hidden=...) needs the weight of the LM head")
+        return _HeadLoss.apply(hidden, weight, bias, opts)
+    return _LogitsLoss.apply(logits, opts)
+
+
+def shifted_targets(ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Next-token targets of (B, L) ids, flattened to (B*L,): row (b, i) predicts ids[b, i+1];
+    the last position of each sequence (and padded targets) are IGNORE_INDEX."""
+    t = torch.full_like(ids, IGNORE_INDEX)
+    t[:, :-1] = ids[:, 1:]
+    if attention_mask is not None:
+        t[:, :-1] = torch.where(attention_mask[:, 1:].bool(), t[:, :-1], IGNORE_INDEX)
+    return t.reshape(-1)
+
+
+def lm_head_of(model) -> Optional[torch.nn.Module]:
+    """The model's output projection when it is a plain linear map of the last hidden states (the
+    chunked loss can then apply it itself); None for heads it cannot reproduce (logit soft-capping,
+    scaled logits), which then use the model's own logits."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not isinstance(head, torch.nn.Linear):
+        return None
+    cfg = getattr(model, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            return None
+    return head
+
+
+def head_weight(head: torch.nn.Module) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The weight and bias the head's forward uses (fake-quantized for a quantized head)."""
+    weight = head.quantized_weight() if hasattr(head, "quantized_weight") else head.weight
+    return weight, head.bias
+
+
+def head_input(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """What the head's matmul sees of ``hidden`` (its input quantizer applied, for a quantized head)."""
+    q = getattr(head, "input_quantizer", None)
+    return q(hidden) if q is not None else hidden
