@@ -213,6 +213,43 @@ class Format:
         return y.to(dtype or q.dtype)
 
 
+    # -- fixed scales (error-compensating rounding: GPTQ) ----------------------------
+    # GPTQ fixes each group's scale once, then rounds that group column by column while
+    # the columns still to come absorb the error. These three methods split the format's
+    # rule into "derive the scales of a group" and "round values under given scales", with
+    # the same float32 operations as fake_quant, so a GPTQ result is exactly what
+    # fake_quant later computes from it.
+    #
+    # ``fixed_scale_store`` says how the scales survive into the quantizer:
+    # "group": a calibrated amax per group reproduces them (store it);
+    # "tensor": a calibrated per-tensor amax plus scales re-derived from each block (NVFP4);
+    # "none": the scales are re-derived from each group (MX, asymmetric integers).
+    # Where scales are re-derived, ``pin_positions`` marks the elements whose rounded value
+    # must stay at the group's top (or bottom) code, so the rule finds the same scale again.
+    fixed_scale_store: str = "group"
+
+    def group_params(self, xg: torch.Tensor, amax: Optional[torch.Tensor] = None) -> dict:
+        """Scale state of each group of ``xg`` (groups along the last dim, kept as [..., 1])."""
+        raise NotImplementedError(f"format {self.name} has no fixed-scale rounding")
+
+    def quantize_fixed(self, x: torch.Tensor, params: dict, pin: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Fake-quantized ``x`` (float32, broadcasting against ``params``) under fixed scales.
+
+        ``pin`` (int8, like x): +1 forces the group's top code (keeping the sign for symmetric
+        formats), -1 the bottom code of asymmetric ones; 0 rounds normally.
+        """
+        raise NotImplementedError(f"format {self.name} has no fixed-scale rounding")
+
+    def pin_positions(self, xg: torch.Tensor, params: dict) -> Optional[torch.Tensor]:
+        """int8 marks (like ``xg``) of the elements to pin, or None when the scales are stored."""
+        return None
+
+    @staticmethod
+    def _pin_argmax(mag: torch.Tensor) -> torch.Tensor:
+        pin = torch.zeros_like(mag, dtype=torch.int8)
+        return pin.scatter_(-1, mag.argmax(-1, keepdim=True), 1)
+
+
 class _StraightThrough(torch.autograd.Function):
     """Identity gradient where x was not clipped, zero where it was.
 

@@ -45,3 +45,10 @@ class FP8Format(Format):
 
     def _dequant_scale(self, q):
         return q.scale
+
+    def group_params(self, xg, amax=None):
+        a, s, s_out, _ = self._scale(xg, amax)
+        return {"amax": a, "s": s, "s_out": s_out}
+
+    def quantize_fixed(self, x, params, pin=None):
+        return round_minifloat(x / params["s"], self.mbits, self.emin, self.maxval) * params["s_out"]

@@ -47,6 +47,13 @@ class IntFormat(Format):
     def _dequant_scale(self, q):
         return q.scale
 
+    def group_params(self, xg, amax=None):
+        a, s, s_out, _ = self._scale(xg, amax)
+        return {"amax": a, "s": s, "s_out": s_out}
+
+    def quantize_fixed(self, x, params, pin=None):
+        return round_int(x / params["s"], -self.qmax, self.qmax) * params["s_out"]
+
 
 class AsymIntFormat(Format):
     """Unsigned codes 0 .. 2**bits - 1 with a per-group zero point.
@@ -96,6 +103,27 @@ class AsymIntFormat(Format):
 
     def _decode(self, q):
         return q.codes.float()
+
+    fixed_scale_store = "none"
+
+    def group_params(self, xg, amax=None):
+        s, s_out, ok, zp = self._params(xg)
+        return {"s": s, "s_out": s_out, "zp": zp}
+
+    def quantize_fixed(self, x, params, pin=None):
+        s, s_out, zp = params["s"], params["s_out"], params["zp"]
+        code = (torch.round(x / s) + zp).clamp(0.0, self.levels)
+        if pin is not None:
+            code = torch.where(pin > 0, self.levels, torch.where(pin < 0, 0.0, code))
+        return (code - zp) * s_out
+
+    def pin_positions(self, xg, params):
+        # the largest element keeps the top code (when the range reaches above zero) and the
+        # smallest the bottom code (when it reaches below), so min / max re-derive scale and zero point
+        zp = params["zp"]
+        top = self._pin_argmax(torch.where(torch.isfinite(xg), xg, -float("inf"))) * (zp < self.levels)
+        bottom = self._pin_argmax(torch.where(torch.isfinite(xg), -xg, -float("inf"))) * (zp > 0)
+        return torch.where(bottom > 0, -1, top).to(torch.int8)
 
     def dequantize(self, q, dtype=None):
         if q.format != self.name:

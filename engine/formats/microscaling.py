@@ -109,6 +109,27 @@ class NVFP4Format(Format):
     def _dequant_scale(self, q):
         return safe_scale(q.scale.float() * q.scale2.float())
 
+    fixed_scale_store = "tensor"
+
+    def group_params(self, xg, amax=None):
+        # one tensor amax, or one per row where several layers are rounded as one matrix
+        if amax is not None:
+            amax = amax.detach().float().to(xg.device)
+            amax = amax.reshape([1] * xg.dim()) if amax.numel() == 1 else amax.reshape(xg.shape[:-1] + (1,))
+        _, _, _, s, s_out, _ = self._scales(xg, amax)
+        return {"s": s, "s_out": s_out}
+
+    def quantize_fixed(self, x, params, pin=None):
+        out = round_minifloat(x / params["s"], 1, 0, 6.0) * params["s_out"]
+        if pin is not None:
+            # the block's largest element on the top code 6 makes its block scale come back unchanged
+            top = torch.where(x < 0, -6.0, 6.0) * params["s_out"]
+            out = torch.where(pin > 0, top, out)
+        return out
+
+    def pin_positions(self, xg, params):
+        return self._pin_argmax(finite_abs(xg))
+
 
 class MXFormat(Format):
     calibratable = False
@@ -148,3 +169,21 @@ class MXFormat(Format):
 
     def _dequant_scale(self, q):
         return exp2_int(q.scale.to(torch.int32) - 127)
+
+    fixed_scale_store = "none"
+
+    def group_params(self, xg, amax=None):
+        return {"s": exp2_int(self._exponent(xg))}
+
+    def quantize_fixed(self, x, params, pin=None):
+        s = params["s"]
+        y = round_minifloat(x / s, self.mbits, self.emin, self.maxval)
+        if pin is not None:
+            # the block's largest element stays in the top binade, so floor(log2(amax)) is unchanged
+            floor = float(2 ** self.emax)
+            lifted = torch.where(x < 0, -1.0, 1.0) * torch.clamp(y.abs(), min=floor)
+            y = torch.where(pin > 0, lifted, y)
+        return y * s
+
+    def pin_positions(self, xg, params):
+        return self._pin_argmax(finite_abs(xg))
