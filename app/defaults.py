@@ -7,7 +7,7 @@ from typing import Optional
 
 def default_model_path() -> Optional[str]:
     """The demo model's folder (None when the project ships without it)."""
-    from engine.demo import DEMO_MODEL_DIR, demo_available
+    from engine.io.demo import DEMO_MODEL_DIR, demo_available
 
     return str(DEMO_MODEL_DIR) if demo_available() else None
 
@@ -19,7 +19,7 @@ def default_recipe_path() -> Optional[str]:
     installation's pydoc topics at that moment), so the window opens it like
     any recipe the user saved.
     """
-    from engine.demo import DEMO_MODEL_DIR, cache_dir, demo_available, demo_data, demo_recipe_dict
+    from engine.io.demo import DEMO_MODEL_DIR, cache_dir, demo_available, demo_data, demo_recipe_dict
     from engine.recipe import Recipe
 
     if not demo_available():

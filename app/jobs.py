@@ -114,7 +114,7 @@ def compare_formats(path: str, formats: Sequence[str] = COMPARE_FORMATS, dtype: 
 
 def export_finished_run(run_dir: str, target: str, out: Optional[str], verify: bool = True, state=None) -> dict:
     """Export a finished run folder (rebuilds its quantized model); returns the export summary."""
-    from engine.export import export_run
+    from engine.pipeline.stages.export import export_run
 
     out_dir = out or str(Path(run_dir) / f"export-{target}")
     return export_run(run_dir, target, out_dir, verify=verify)

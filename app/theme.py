@@ -10,7 +10,6 @@ colour when loaded.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Dict, Tuple
 
 from PySide6.QtCore import QByteArray, QSize, Qt
@@ -18,8 +17,9 @@ from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPainter, QPalette, QP
 from PySide6.QtSvg import QSvgRenderer
 from PySide6.QtWidgets import QApplication, QStyleFactory
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-ICONS = RESOURCES / "icons"
+from engine.resources import resource_path
+
+ICONS = resource_path("icons")
 MODES = ("system", "light", "dark")
 
 # Distinct, colour-blind-friendly series colours (Okabe-Ito), same in both themes.

@@ -6,7 +6,7 @@ signals; the receivers live on the GUI thread, so Qt queues the calls there.
 - :class:`EventBridge` is the engine sink: called on the run's thread, it
   collects events and hands them to the GUI thread in batches (a burst of
   events costs one wake-up of the event loop, not one per event).
-- :class:`RunThread` runs ``engine.runner.run``; cancel sets the engine's
+- :class:`RunThread` runs ``engine.pipeline.run``; cancel sets the engine's
   ``CancelToken``.
 - :class:`Task` runs one plain function; :class:`TaskSlot` keeps at most one
   task per purpose: starting a new one cancels the old one and its result is
@@ -65,7 +65,7 @@ def _describe_exception(exc: BaseException) -> tuple:
 
 
 class RunThread(QThread):
-    """Runs one recipe with ``engine.runner.run``; emits exactly one of the outcome signals."""
+    """Runs one recipe with ``engine.pipeline.run``; emits exactly one of the outcome signals."""
 
     succeeded = Signal(object)  # the report
     failed = Signal(str, str)  # message, details
@@ -80,7 +80,7 @@ class RunThread(QThread):
         self.token.cancel()
 
     def run(self) -> None:
-        from engine.runner import run
+        from engine.pipeline import run
 
         try:
             result = run(self.recipe, sink=self.bridge, cancel=self.token, run_dir=self.run_dir)

@@ -1,7 +1,9 @@
-"""Durable file writes: fsync and write-then-rename, shared by every writer in the engine."""
+"""Durable file writes: fsync, write-then-rename and JSON reports, shared by every writer in the engine."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -38,3 +40,27 @@ def fsync_tree(folder: os.PathLike) -> None:
         if f.is_file():
             fsync_path(f)
     fsync_path(folder)
+
+
+def clean_json(value):
+    """JSON has no inf / NaN: write them as strings that ``float()`` parses back (reports and analyses)."""
+    if isinstance(value, float) and (value != value or value in (math.inf, -math.inf)):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: clean_json(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(x) for x in value]
+    return value
+
+
+def _json_value(value):
+    if hasattr(value, "tolist"):  # tensors and numpy arrays
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def write_json_atomic(path: os.PathLike, data) -> None:
+    """Write ``data`` as indented JSON to a temporary file beside ``path``, then rename it over ``path``."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_value))

@@ -155,7 +155,7 @@ class RunPanel(Page):
 
     def update_cluster_command(self, recipe_path: Optional[str] = "") -> None:
         """Show the torchrun command for the saved recipe (``""`` keeps the last path)."""
-        from engine.distributed import torchrun_command
+        from engine.pipeline.torchrun import torchrun_command
 
         if recipe_path != "":
             self._recipe_path = recipe_path

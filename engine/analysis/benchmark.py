@@ -19,7 +19,7 @@
 :func:`comparison_rows` assembles the baseline, PTQ and final (QAT / QAD) rows of
 a run report (quality metrics next to the benchmark numbers);
 :func:`side_by_side` does the same across several runs' reports.
-:func:`benchmark_stage` is the runner's stage; :func:`bench_analysis` times the
+:func:`engine.pipeline.stages.benchmark.benchmark_stage` is the run's stage; :func:`bench_analysis` times the
 per-layer analysis on a ~14M-parameter Llama (``lowbit analyze-bench``).
 """
 
@@ -212,26 +212,6 @@ def side_by_side(reports: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             seen.add(key)
             rows.append(row)
     return rows
-
-
-def benchmark_stage(ctx, repeats: int = 3) -> Dict[str, Any]:
-    """The runner's stage: bench the model before and after on one eval batch; records
-    ``report["benchmark"]`` and ``report["comparison"]`` (call it after training and export)."""
-    batches = ctx.batches(ctx.splits.eval, 1)
-    model = ctx.loaded.model
-    with ctx.stage("benchmark", 2, detail=f"{repeats} timed passes of one batch") as prog:
-        with quantization_disabled(model):
-            base = bench_model(model, batches, ctx.device, repeats)
-        prog.step(detail="baseline")
-        quant = bench_model(model, batches, ctx.device, repeats)
-        prog.step(detail="quantized")
-    ctx.report["benchmark"] = {"baseline": base, "quantized": quant}
-    for label, res in (("baseline", base), ("quantized", quant)):
-        for k in ("latency_ms", "tokens_per_s", "peak_memory_mb", "param_bytes", "bits_per_weight"):
-            if res.get(k) is not None:
-                ctx.metric("benchmark", f"{label}_{k}", res[k])
-    ctx.report["comparison"] = comparison_rows(ctx.report)
-    return ctx.report["benchmark"]
 
 
 # -- timing the analysis ----------------------------------------------------------------------

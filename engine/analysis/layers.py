@@ -39,6 +39,7 @@ from torch import nn
 from .. import formats as registry
 from ..errors import LowbitError
 from ..events import CancelToken, LayerStats, ProgressTracker, Sink
+from ..fsutil import clean_json, write_json_atomic
 from ..formats import Format
 from ..quant import schemes
 from ..quant.select import plan_layers, quantization_disabled
@@ -156,17 +157,6 @@ def _resolve_layers(model: nn.Module, layers) -> List[Tuple[str, nn.Linear]]:
             raise LowbitError(f"{name!r} is not a Linear layer of the model")
         out.append((name, mod))
     return out
-
-
-def clean_json(v):
-    """JSON has no inf / NaN: write them as strings that float() parses (the runner's convention)."""
-    if isinstance(v, float) and (v != v or v in (math.inf, -math.inf)):
-        return str(v)
-    if isinstance(v, dict):
-        return {k: clean_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [clean_json(x) for x in v]
-    return v
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -344,8 +334,6 @@ class LayerAnalysis:
 
     def write(self, out_dir, stem: str = "analysis") -> Tuple[Path, Path]:
         """Write ``<stem>.json`` and ``<stem>.csv`` (one row per layer, one column per format and metric)."""
-        from ..runner import write_json_atomic
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         json_path = out / f"{stem}.json"
@@ -470,43 +458,3 @@ def _output_error(x, w, w_hat, y_ref, y_sig: float, afmt: Optional[Format], amax
         static = torch.tensor(amax, device=x.device) if takes_static_scale(afmt) else None
         err = _sumsq(F.linear(fake_quant_once(afmt, x, static), w_hat) - y_ref)
     return {"output_sqnr_db": _db(y_sig, err), "output_rel_mse": err / y_sig if y_sig > 0 else math.nan}
-
-
-# -- the runner's stage -------------------------------------------------------------------------
-
-
-def analysis_stage(ctx, formats: Iterable[str], sensitivity: bool = False, n_batches: int = DEFAULT_BATCHES,
-                   activation: Optional[str] = None) -> Dict[str, Any]:
-    """Analyse the run's quantized layers under ``formats``; writes ``analysis.json`` / ``.csv``.
-
-    Call it after calibration (the run's own quantizers are switched off while
-    the analysis measures, and left as they were). Records ``report["analysis"]``
-    (the path of the files and the layers x formats matrices) and returns it.
-    """
-    from ..quant.select import quant_layers
-
-    model = ctx.loaded.model
-    layers = [(n, m) for n, m in quant_layers(model) if m.weight_quantizer.fmt is not None]
-    if not layers:
-        return {}
-    fmts = [f.name for f in resolve_formats(formats)]
-    batches = ctx.batches(ctx.splits.calib, n_batches)
-    with ctx.stage("analyze", len(layers), detail=", ".join(fmts)):
-        result = analyze_layers(model, batches, fmts, layers=layers, activation=activation, device=ctx.device,
-                                sink=ctx.sink, cancel=ctx.cancel)
-    if sensitivity:
-        from .sensitivity import sensitivity as measure_sensitivity
-
-        with ctx.stage("sensitivity", len(layers) * len(fmts), detail=", ".join(fmts)):
-            sens = measure_sensitivity(model, batches, fmts, layers=[n for n, _ in layers], activation=activation,
-                                       device=ctx.device, sink=ctx.sink, cancel=ctx.cancel)
-        result.add_sensitivity(sens)
-    json_path, csv_path = result.write(ctx.run_dir)
-    summary = {"json": str(json_path), "csv": str(csv_path), "formats": result.formats,
-               "layers": [r.name for r in result.layers],
-               "weight_sqnr_db": result.matrix("weight_sqnr_db"),
-               "output_sqnr_db": result.matrix("output_sqnr_db")}
-    if sensitivity:
-        summary["sensitivity"] = result.matrix("sensitivity")
-    ctx.report["analysis"] = summary
-    return summary

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..parallel import Dist
+from ..parallel.wrap import is_sharded
 from ..quant.select import quantization_disabled
 
 
@@ -110,23 +112,20 @@ def evaluate(model: nn.Module, batches: Iterable[torch.Tensor], kind: str, devic
     student's weights have been trained), else ``model`` with its quantizers off.
     Returns ``{"baseline": {...}, "quantized": {...}}`` (the latter only with compare).
 
-    ``dist`` (engine.distributed.Dist, under torchrun): each rank evaluates its share of
+    ``dist`` (:class:`engine.parallel.Dist`; one process when None): each rank evaluates its share of
     the batches and the sums are all-reduced, so every rank returns the global metrics.
     """
     was_training = model.training
     model.eval()
     stats = LMStats() if kind == "causal-lm" else EncoderStats()
-    if dist is not None and dist.active:  # [distributed] this rank's batches; padded for sharded models
-        from ..distributed import is_sharded
-
-        plan = dist.eval_plan(batches, lockstep=is_sharded(model) or is_sharded(reference))
-        batches = [ids for ids, _ in plan]
-        counted = [keep for _, keep in plan]
-    else:
-        counted = None
+    dist = dist or Dist.single()
+    # this rank's batches (all of them in one process); a sharded model pads with uncounted ones
+    plan = dist.eval_plan(batches, lockstep=is_sharded(model) or is_sharded(reference))
+    batches = [ids for ids, _ in plan]
+    counted = [keep for _, keep in plan]
     try:
         for i, ids in enumerate(batches):
-            if counted is not None and not counted[i]:  # a sharded model's padding step: run, don't count
+            if not counted[i]:  # a sharded model's padding step: run, don't count
                 ids = ids.to(device)
                 if reference is not None:
                     _forward(reference, ids.to(next(reference.parameters()).device), kind)
@@ -149,8 +148,7 @@ def evaluate(model: nn.Module, batches: Iterable[torch.Tensor], kind: str, devic
                 on_batch(i + 1)
     finally:
         model.train(was_training)
-    if counted is not None:
-        dist.reduce_stats(stats)
+    dist.reduce_stats(stats)  # the global sums (one process: as they are)
     out = {"baseline": stats.baseline()}
     if compare:
         out["quantized"] = stats.quantized()

@@ -66,7 +66,7 @@ def calibrate_activations(model: nn.Module, forward_loop: Callable[[nn.Module], 
     """Record the inputs of static activation quantizers over ``forward_loop``; returns how many.
 
     ``reduce(quantizers)``, when given, runs after the loop and before the statistics become
-    scales: a distributed run merges the ranks' statistics there (engine.distributed.sync_calibration).
+    scales: a distributed run merges the ranks' statistics there (engine.parallel.sync.sync_calibration).
     """
     static = [layer.input_quantizer for _, layer in quant_layers(model)
               if layer.input_quantizer.fmt is not None and layer.input_quantizer.fmt.calibratable

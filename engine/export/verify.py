@@ -18,7 +18,8 @@ from torch import nn
 from .. import formats
 from ..errors import ExportError
 from ..quant.linear import QuantLinear
-from .checkpoint import ExportedCheckpoint, read_export
+from .checkpoint import ExportedCheckpoint
+from .reader import read_export
 
 # Relative tolerance on logits, per dtype of the rebuilt model: identical weights and
 # identical ops give identical logits; this only absorbs float reassociation.

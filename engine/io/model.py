@@ -36,7 +36,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from engine.errors import ModelLoadError
+from ..errors import ModelLoadError
+from .demo import resolve_model_path
 
 ModelKind = Literal["causal-lm", "encoder"]
 
@@ -116,8 +117,6 @@ def load_model(
     Raises:
         ModelLoadError: for every problem with the folder, with the fix in the message.
     """
-    from ..demo import resolve_model_path
-
     path = resolve_model_path(path)
     folder = _check_folder(path)
     if dtype not in _DTYPES:

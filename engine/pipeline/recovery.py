@@ -13,23 +13,22 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..analysis.metrics import evaluate
+from ..devices import resolve_device
 from ..events import CancelToken
 from ..io.data import batches, make_splits
+from ..io.demo import resolve_data_paths
 from ..io.model import load_model
-from ..runner import resolve_device, run
 from ..train import settings_from_recipe
 from ..train.loop import Trainer
+from .runner import run
 
 
 def finetune_only(recipe) -> Dict[str, float]:
     """Perplexity of the original model after ``train.steps`` steps of unquantized fine-tuning."""
-    from .metrics import evaluate
-
     device = resolve_device(recipe.device)
     loaded = load_model(recipe.model.path, kind=recipe.model.kind, dtype=recipe.model.dtype, device=str(device))
     r = recipe
-    from ..demo import resolve_data_paths
-
     data_path, eval_path = resolve_data_paths(r)
     splits = make_splits(loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
                          text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)

@@ -24,13 +24,21 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import LowbitError, out_of_memory_error
 from ..events import CancelToken, Metric, Progress, Sink
 from ..fsutil import fsync_tree, write_text_atomic
 from ..quant.select import restore_amax
+from ..parallel import Dist
+from ..parallel.checkpoint import is_sharded_checkpoint, load_checkpoint as load_sharded_checkpoint
+from ..parallel.checkpoint import save_checkpoint as save_sharded_checkpoint
+from ..statefile import cpu_state_dict, save_state
+from ..io.samples import model_inputs, token_mask
+from .losses import LossComposer, set_student_mode, student_randomness
+from .precision import MasterWeights
+from .vocab_loss import forward_without_logits
 
 
 @dataclass
@@ -52,6 +60,13 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     early_stop_perplexity: Optional[float] = None
     seed: int = 0
+    # issue 13: the full QAD loss and distillation semantics (engine/train/losses.py)
+    kd_alpha_final: Optional[float] = None  # anneal kd_alpha to this over the run; None = constant
+    kd_anneal: str = "linear"
+    kd_hidden_layers: tuple = ()  # blocks aligned by the hidden loss, from 1; () = all
+    scale_penalty: float = 0.0  # weight of the penalty on learned scales growing above calibration
+    dropout: str = "auto"  # train-only randomness of the student: auto (off in QAD and QAT), on, off
+    early_stop_patience: int = 0  # stop after this many evaluations worse than PTQ; 0 = off
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -96,27 +111,31 @@ class BlockStream:
         return self.blocks[torch.stack(rows)]
 
 
-def _kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
-    t = temperature
-    s = F.log_softmax(student_logits.float() / t, -1).flatten(0, -2)
-    p = F.log_softmax(teacher_logits.float() / t, -1).flatten(0, -2)
-    return F.kl_div(s, p, log_target=True, reduction="batchmean") * (t * t)
+class _Outputs:
+    """A model output's tensors moved to another device (the teacher may live elsewhere)."""
+
+    def __init__(self, out, device):
+        for name in ("logits", "last_hidden_state"):
+            value = getattr(out, name, None)
+            setattr(self, name, value.to(device) if value is not None else None)
+        hidden = getattr(out, "hidden_states", None)
+        self.hidden_states = tuple(h.to(device) for h in hidden) if hidden is not None else None
 
 
-def _hidden_mse(student_hidden, teacher_hidden) -> torch.Tensor:
-    losses = [F.mse_loss(s.float(), t.float()) for s, t in zip(student_hidden, teacher_hidden)]
-    return torch.stack(losses).mean()
+def _on_device(out, device):
+    return _Outputs(out, device)
 
 
 class Trainer:
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], kind: str, blocks: torch.Tensor,
                  settings: TrainSettings, device: torch.device, sink: Sink, cancel: CancelToken,
                  checkpoint_dir: Optional[Path] = None,
-                 evaluate: Optional[Callable[[int], Dict[str, float]]] = None, dist=None):
+                 evaluate: Optional[Callable[[int], Dict[str, float]]] = None, dist=None,
+                 ptq: Optional[Dict[str, float]] = None):
         self.student, self.teacher, self.kind = student, teacher, kind
-        # [distributed] engine.distributed.Dist under torchrun: rows of each global batch per rank,
-        # losses averaged over ranks, DCP checkpoints. None (or inactive) = the single-process loop.
-        self.dist = dist if dist is not None and getattr(dist, "active", False) else None
+        # engine.parallel.Dist: rows of each global batch per rank, losses averaged over ranks,
+        # DCP checkpoints under torchrun; a single process is the world of size 1 (Dist.single()).
+        self.dist = dist if dist is not None else Dist.single()
         self.s, self.device, self.sink, self.cancel = settings, device, sink, cancel
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.evaluate = evaluate
@@ -129,7 +148,10 @@ class Trainer:
         params = [p for p in student.parameters() if p.requires_grad]
         if not params:
             raise LowbitError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        # a bf16 / fp16 student: AdamW updates fp32 master copies (engine.train.precision); sharded
+        # (distributed) students keep their own parameters, which the DCP checkpoints address
+        self.master = MasterWeights(params, enabled=not self.dist.active)
+        self.optimizer = torch.optim.AdamW(self.master.optim_params, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, settings))
         self.step = 0
         self.history: List[Dict[str, float]] = []
@@ -137,61 +159,53 @@ class Trainer:
         self.autocast = device.type == "cuda"
         if settings.gradient_checkpointing and hasattr(student, "gradient_checkpointing_enable"):
             student.gradient_checkpointing_enable()
+        self.losses = LossComposer(settings, kind, student)
+        self.randomness = student_randomness(settings.dropout, settings.mode)
+        self.ptq = dict(ptq or {})  # the PTQ metrics: the early stop's yardstick
+        self._worse_evals = 0
+        self._best = None  # (score, CPU state) of the best evaluation, kept when early stop is on
 
     # -- loss ----------------------------------------------------------------------
-    def loss(self, ids: torch.Tensor) -> tuple:
-        s = self.s
-        need_hidden = s.kd_hidden_weight > 0 or self.kind != "causal-lm"
+    def loss(self, batch) -> tuple:
+        """(total, parts) of one micro-batch: a packed [B, T] id tensor or a padded Samples batch.
+
+        The terms and their weights are engine.train.losses.LossComposer's; padded positions
+        never count."""
+        inputs = model_inputs(batch, self.device)
+        mask = token_mask(inputs)
+        need_hidden = self.losses.needs_hidden_states
+        # causal LMs: the final hidden states and the head, which the chunked vocabulary loss applies
+        # a chunk of tokens at a time (engine.train.vocab_loss), instead of all logits at once
+        chunked = self.kind == "causal-lm" and not self.dist.active
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.student(input_ids=ids, output_hidden_states=need_hidden)
-        parts: Dict[str, torch.Tensor] = {}
-        if self.kind == "causal-lm":
-            logits = out.logits
-            if s.mode == "qat" or s.kd_alpha < 1.0:
-                parts["task_loss"] = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            out = forward_without_logits(self.student, inputs, need_hidden) if chunked else None
+            if out is None:
+                out = self.student(**inputs, output_hidden_states=need_hidden)
         teacher_out = None
-        if s.mode == "qad":
+        if self.s.mode == "qad":
             with torch.no_grad():
                 t_dev = next(self.teacher.parameters()).device
-                teacher_out = self.teacher(input_ids=ids.to(t_dev), output_hidden_states=need_hidden)
-            if self.kind == "causal-lm":
-                parts["kd_loss"] = _kd_loss(out.logits, teacher_out.logits.to(self.device), s.kd_temperature)
-            else:
-                parts["kd_loss"] = F.mse_loss(out.last_hidden_state.float(),
-                                              teacher_out.last_hidden_state.to(self.device).float())
-            if s.kd_hidden_weight > 0:
-                parts["hidden_loss"] = _hidden_mse(out.hidden_states,
-                                                   [h.to(self.device) for h in teacher_out.hidden_states])
-        if s.mode == "qat":
-            total = parts["task_loss"]
-        elif self.kind == "causal-lm":
-            total = s.kd_alpha * parts["kd_loss"]
-            if s.kd_alpha < 1.0:
-                total = total + (1.0 - s.kd_alpha) * parts["task_loss"]
-        else:
-            total = parts["kd_loss"]
-        if "hidden_loss" in parts:
-            total = total + s.kd_hidden_weight * parts["hidden_loss"]
-        return total, parts
+                t_inputs = {k: v.to(t_dev) for k, v in inputs.items()}
+                raw = forward_without_logits(self.teacher, t_inputs, need_hidden) if chunked else None
+                if raw is None:
+                    raw = self.teacher(**t_inputs, output_hidden_states=need_hidden)
+            teacher_out = _on_device(raw, self.device)
+        return self.losses(self.step, inputs, out, teacher_out, mask)
 
     # -- one optimiser step --------------------------------------------------------
     def train_step(self) -> Dict[str, float]:
         s = self.s
-        self.student.train()
+        set_student_mode(self.student, self.randomness)
         self.optimizer.zero_grad(set_to_none=True)
+        self.master.zero_grad()
         sums: Dict[str, float] = {}
         for a in range(s.grad_accum):
             ids = self.stream.batch(self.step * s.grad_accum + a)
-            if self.dist is not None:
-                ids = self.dist.shard_rows(ids)
+            ids = self.dist.shard_rows(ids)
             ids = ids.to(self.device)
             try:
                 total, parts = self.loss(ids)
-                if self.dist is not None:
-                    self.dist.check_finite(total, self.step + 1)
-                elif not torch.isfinite(total):
-                    raise LowbitError(f"the training loss became {total.item()} at step {self.step + 1}; "
-                                      "lower the learning rate (train.lr) or enable gradient clipping")
+                self.dist.check_finite(total, self.step + 1)
                 (total / s.grad_accum).backward()
             except torch.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)  # give the gradients' memory back first
@@ -202,14 +216,17 @@ class Trainer:
             sums["loss"] = sums.get("loss", 0.0) + total.item() / s.grad_accum
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / s.grad_accum
-        if self.dist is not None:  # the mean of the ranks' means: the global batch's mean
-            sums = self.dist.mean_over_ranks(sums)
+        sums = self.dist.mean_over_ranks(sums)  # the mean of the ranks' means: the global batch's mean
+        self.master.grads_to_master()
         if s.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.student.parameters() if p.grad is not None], s.grad_clip)
+                [p for p in self.master.optim_params if p.grad is not None], s.grad_clip)
             sums["grad_norm"] = float(norm)
         sums["lr"] = self.optimizer.param_groups[0]["lr"]
+        if s.mode == "qad" and s.kd_alpha_final is not None:
+            sums["kd_alpha"] = self.losses.alpha(self.step)  # the annealed weight, a curve of its own
         self.optimizer.step()
+        self.master.master_to_model()
         self.scheduler.step()
         self.step += 1
         return sums
@@ -220,6 +237,9 @@ class Trainer:
         tokens_per_step = s.batch_size * s.grad_accum * self.stream.blocks.shape[1]
         start_step, t_start = self.step, time.monotonic()
         stopped_early = False
+        name, higher = self.headline()
+        if s.early_stop_patience and self.ptq.get(name) is not None and self._best is None and not self.dist.active:
+            self._best = (self.ptq[name] if higher else -self.ptq[name], self.step, cpu_state_dict(self.student))
         while self.step < s.steps:
             self.cancel.check()
             t0 = time.monotonic()
@@ -243,7 +263,8 @@ class Trainer:
         if self.checkpoint_dir and s.checkpoint_every:
             self.save_checkpoint()
         seconds = time.monotonic() - t_start
-        return {"steps": self.step, "seconds": round(seconds, 3), "stopped_early": stopped_early,
+        summary_note = {"early_stop": self.early_stop_note} if getattr(self, "early_stop_note", None) else {}
+        return {**summary_note, "steps": self.step, "seconds": round(seconds, 3), "stopped_early": stopped_early,
                 "tokens_per_s": tokens_per_step * (self.step - start_step) / max(seconds, 1e-9)}
 
     def _run_eval(self) -> bool:
@@ -252,15 +273,49 @@ class Trainer:
         for k, v in metrics.items():
             self.sink(Metric("eval", k, v, self.step))
         target = self.s.early_stop_perplexity
-        return target is not None and metrics.get("perplexity", math.inf) <= target
+        if target is not None and metrics.get("perplexity", math.inf) <= target:
+            return True
+        return self._diverged(metrics)
+
+    # -- early stop when the student gets worse than PTQ ------------------------------
+    def headline(self) -> tuple:
+        """(metric name, higher is better) that decides 'better' and 'worse' for this model kind."""
+        return ("perplexity", False) if self.kind == "causal-lm" else ("embedding_cosine", True)
+
+    def _diverged(self, metrics: Dict[str, float]) -> bool:
+        """Count evaluations worse than PTQ (eval metric, or the recent training loss above the
+        first step's); after ``early_stop_patience`` in a row, restore the best state and stop."""
+        patience = self.s.early_stop_patience
+        if not patience:
+            return False
+        name, higher = self.headline()
+        value, ptq = metrics.get(name), self.ptq.get(name)
+        worse = False
+        if value is not None and ptq is not None:
+            worse = value < ptq if higher else value > ptq
+        recent = [r["loss"] for r in self.history[-max(1, self.s.eval_every):]]
+        if self.history and recent and sum(recent) / len(recent) > self.history[0]["loss"]:
+            worse = True
+        if value is not None and not self.dist.active:
+            score = value if higher else -value
+            if self._best is None or score > self._best[0]:
+                self._best = (score, self.step, cpu_state_dict(self.student))
+        self._worse_evals = self._worse_evals + 1 if worse else 0
+        if self._worse_evals < patience:
+            return False
+        note = f"the student did worse than PTQ in {self._worse_evals} evaluations in a row; stopped at step {self.step}"
+        if self._best is not None and self._best[1] != self.step:
+            self.student.load_state_dict(self._best[2], strict=False)
+            note += f" and restored the weights of step {self._best[1]}"
+        self.early_stop_note = note
+        self.sink(Metric("train", "early_stop", float(self.step), self.step))
+        return True
 
     # -- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write checkpoints/step-N atomically (temporary folder, then rename); keep the last two."""
-        if self.dist is not None:  # [distributed] sharded (DCP) checkpoint
-            from ..distributed import save_checkpoint
-
-            return save_checkpoint(self, self.dist)
+        if self.dist.active:  # several processes: one sharded (DCP) checkpoint
+            return save_sharded_checkpoint(self, self.dist)
         root = self.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{self.step:06d}"
@@ -274,6 +329,7 @@ class Trainer:
             torch.save({
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
+                "master_weights": self.master.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -299,10 +355,8 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         path = Path(path)
-        if self.dist is not None or (path / ".metadata").exists():  # [distributed] any world size -> this one
-            from ..distributed import load_checkpoint
-
-            return load_checkpoint(self, path, self.dist)
+        if self.dist.active or is_sharded_checkpoint(path):  # any world size -> this one
+            return load_sharded_checkpoint(self, path, self.dist)
         try:
             weights = load_file(str(path / "student.safetensors"))
             state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
@@ -316,6 +370,7 @@ class Trainer:
             raise LowbitError(f"checkpoint {path} does not match this model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}); was the recipe changed since?")
         self.optimizer.load_state_dict(state["optimizer"])
+        self.master.load_state_dict(state.get("master_weights"))
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if state.get("rng_cuda") and torch.cuda.is_available():
@@ -334,22 +389,3 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
             return p
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
     return steps[-1] if steps else None
-
-
-def cpu_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The model's state dict (quantizer scales included) as contiguous CPU tensors."""
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-
-
-def save_state(state: Dict[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write a state dict as safetensors; tensors sharing storage (tied embeddings) get their own copy,
-    which safetensors requires."""
-    seen = set()
-    out = {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        out[k] = v.clone() if key in seen else v
-        seen.add(key)
-    save_file(out, str(path), metadata=metadata)
-
-

@@ -13,14 +13,14 @@ def test_options():
                                       "--quit-after", "2.5"])
     assert (args.model, args.data, args.recipe, args.screenshot, args.quit_after) == ("m", "d.txt", "r.yaml",
                                                                                       "x.png", 2.5)
-    from engine.demo import DEMO_MODEL_DIR
+    from engine.io.demo import DEMO_MODEL_DIR
 
     assert default_model_path() == str(DEMO_MODEL_DIR)  # the demo ships with the project
 
 
 def test_no_arguments_opens_the_demo_preselected(qapp, tmp_path, monkeypatch):
     from app.window import MainWindow
-    from engine.demo import DEMO_MODEL_DIR, DEMO_SCHEME
+    from engine.io.demo import DEMO_MODEL_DIR, DEMO_SCHEME
     from engine.recipe import Recipe
 
     opened = []

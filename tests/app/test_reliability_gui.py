@@ -93,7 +93,7 @@ def test_closing_the_window_during_a_run_asks_then_cancels_cleanly(qtbot, window
 
 def test_a_worker_exception_shows_a_dialog_with_copy_details_and_the_window_stays_usable(
         qtbot, window, tiny_llama_dir, text_file, monkeypatch):
-    import engine.runner
+    import engine.pipeline
 
     before = hashes(tiny_llama_dir, text_file)
     _ready(qtbot, window, tiny_llama_dir, text_file, **{"analysis.benchmark": False})
@@ -101,7 +101,7 @@ def test_a_worker_exception_shows_a_dialog_with_copy_details_and_the_window_stay
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash inside the worker")
 
-    monkeypatch.setattr(engine.runner, "run", crash)
+    monkeypatch.setattr(engine.pipeline, "run", crash)
     window.start_run()
     wait_run_end(qtbot, window, timeout=30_000)
     qtbot.waitUntil(lambda: window.last_error is not None and window.last_error.isVisible(), timeout=10_000)

@@ -17,12 +17,7 @@ DATA = ["--seq-len", "64", "--batch-size", "2", "--batches", "2", "--eval-batche
 
 
 def _command(name: str) -> list:
-    """``lowbit NAME`` once the subcommands are wired into engine.cli; until then their own module."""
-    from engine.cli import build_parser
-
-    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    module = "engine.cli" if name in commands else "engine.cli_analyze"
-    return [sys.executable, "-m", module, name]
+    return [sys.executable, "-m", "engine.cli", name]
 
 
 def _lowbit(name, *args):

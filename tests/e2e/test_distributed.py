@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from engine.events import read_events
 from engine.recipe import Recipe
-from engine.runner import run
+from engine.pipeline import run
 
 pytestmark = pytest.mark.skipif(not (tdist.is_available() and tdist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -160,7 +160,7 @@ def test_sharded_checkpoint_resumes_in_one_process(runs):
 
 def test_torchrun_command_for_a_cluster(tmp_path, capsys):
     from engine.cli import main
-    from engine.distributed import torchrun_command
+    from engine.pipeline.torchrun import torchrun_command
 
     assert torchrun_command("r.yaml", "runs/a", 8) == \
         "torchrun --standalone --nproc-per-node=8 -m engine.run r.yaml --out runs/a"

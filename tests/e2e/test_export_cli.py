@@ -12,7 +12,7 @@ import pytest
 
 from engine.export import MARKER, read_export
 from engine.recipe import Recipe
-from engine.runner import run
+from engine.pipeline import run
 
 
 def _recipe(model_dir, data, scheme, export=None):
@@ -25,23 +25,13 @@ def _recipe(model_dir, data, scheme, export=None):
 
 
 def _export_command() -> list:
-    """``lowbit export`` once the subcommand is wired into engine.cli; until then its own module."""
-    from engine.cli import build_parser
-
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    if "export" in commands:
-        return [sys.executable, "-m", "engine.cli", "export"]
-    return [sys.executable, "-m", "engine.cli_export"]
+    return [sys.executable, "-m", "engine.cli", "export"]
 
 
 def _export_main(args) -> int:
-    from engine import cli, cli_export
+    from engine import cli
 
-    args = [str(a) for a in args]
-    if _export_command()[-1] == "export":
-        return cli.main(["export", *args])
-    return cli_export.main(args)
+    return cli.main(["export", *[str(a) for a in args]])
 
 
 def _lowbit_export(*args):

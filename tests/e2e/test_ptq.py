@@ -15,7 +15,7 @@ from engine.analysis.metrics import evaluate
 from engine.events import read_events
 from engine.quant import schemes
 from engine.recipe import Recipe
-from engine.runner import run
+from engine.pipeline import run
 
 ALL_SCHEMES = schemes.names()
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.analysis.recovery import recovery
-from engine.demo import demo_available, demo_recipe_dict
+from engine.pipeline.recovery import recovery
+from engine.io.demo import demo_available, demo_recipe_dict
 from engine.recipe import Recipe
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_ptq_hurts_and_qad_recovers_more_than_qat(demo_recovery):
 
 
 def test_qad_brings_an_encoders_embeddings_back_toward_the_original(tiny_bert_dir, text_file, tmp_path):
-    from engine.runner import run
+    from engine.pipeline import run
 
     recipe = Recipe.from_dict({
         "model": {"path": str(tiny_bert_dir)},

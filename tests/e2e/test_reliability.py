@@ -11,7 +11,7 @@ Already covered elsewhere, referenced rather than duplicated:
   test_truncated_safetensors, test_corrupt_safetensors_header, test_pickle_only_checkpoint_loads_with_weights_only,
   test_malicious_pickle_is_refused, test_unknown_model_type, test_auto_map_needs_explicit_trust,
   test_non_finite_weights, test_model_without_linear_layers); here the same faults go through
-  ``engine.runner.run`` (the path the CLI and the GUI take) and the folders are hashed.
+  ``engine.pipeline.run`` (the path the CLI and the GUI take) and the folders are hashed.
 - data messages in detail: tests/engine/test_data.py (test_empty_file, test_text_shorter_than_one_block,
   test_binary_file, test_non_utf8_file, test_jsonl_missing_field_reports_line_and_fields).
 - recipe parsing (unknown keys, wrong types, out-of-range values) and its hypothesis fuzzing:
@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from engine.errors import DataError, ExportError, LowbitError, ModelLoadError, RecipeError
 from engine.events import Log, RunFailed
 from engine.recipe import Recipe
-from engine.runner import run
+from engine.pipeline import run
 
 
 @pytest.fixture(autouse=True)
@@ -362,7 +362,7 @@ def _leftovers(folder: Path) -> list:
 def test_disk_full_during_export_to_a_new_folder(finished_run, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from engine.export import export_run
+    from engine.pipeline.stages.export import export_run
 
     out = tmp_path / "exports" / "dense"
     before = hashes(finished_run)
@@ -379,7 +379,8 @@ def test_disk_full_during_export_to_a_new_folder(finished_run, tmp_path, monkeyp
 def test_disk_full_during_re_export_keeps_the_previous_export(finished_run, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from engine.export import export_run, read_export
+    from engine.export import read_export
+    from engine.pipeline.stages.export import export_run
 
     out = tmp_path / "export"
     export_run(finished_run, "dense", out, verify=False)
@@ -408,7 +409,7 @@ def test_disk_full_during_re_export_keeps_the_previous_export(finished_run, tmp_
 
 
 def test_read_only_destination_during_export(finished_run, tmp_path, monkeypatch):
-    from engine.export import export_run
+    from engine.pipeline.stages.export import export_run
 
     def read_only(self, *args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))

@@ -13,7 +13,7 @@ import pytest
 
 from test_reliability import recipe  # the same small PTQ recipe as the other reliability tests
 
-from engine.runner import run
+from engine.pipeline import run
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from engine.errors import Cancelled
 from engine.events import CancelToken, Progress, read_events
 from engine.recipe import Recipe
-from engine.runner import run
+from engine.pipeline import run
 
 STEPS = 80
 

@@ -12,9 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.analysis.benchmark import (bench_before_after, benchmark_stage, comparison_rows, param_size,
+from engine.analysis.benchmark import (bench_before_after, comparison_rows, param_size,
                                        side_by_side)
-from engine.analysis.layers import analyze_layers, analysis_stage, candidate_layers
+from engine.analysis.layers import analyze_layers, candidate_layers
+from engine.pipeline.stages.analyze import analysis_stage
+from engine.pipeline.stages.benchmark import benchmark_stage
 from engine.analysis.metrics import evaluate
 from engine.analysis.mixed import (BudgetError, average_bits, choose_formats, mixed_precision, mixed_recipe,
                                    solve_mckp)
@@ -302,7 +304,7 @@ def test_bench_before_after_and_side_by_side_rows():
 
 
 def test_analysis_stage_leaves_the_run_quantizers_alone(tmp_path):
-    from engine.runner import RunContext
+    from engine.pipeline import RunContext
 
     model = _llama()
     apply_plan(model, plan_layers(model, schemes.get("W8A8-INT8"))[0])

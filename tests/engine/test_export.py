@@ -15,7 +15,8 @@ import torch
 
 from engine import calib, formats
 from engine.errors import ExportError
-from engine.export import (MARKER, TARGETS, export_model, export_stage, read_export, rebuild_model,
+from engine.pipeline.stages.export import export_stage
+from engine.export import (MARKER, TARGETS, export_model, read_export, rebuild_model,
                            verify_export)
 from engine.export import packing
 from engine.quant import schemes
@@ -568,7 +569,7 @@ def test_compressed_tensors_loads_mixed_precision(tmp_path):
 
 def test_export_stage_records_report_and_events(tmp_path):
     from engine.events import CancelToken, StageStarted
-    from engine.runner import RunContext
+    from engine.pipeline import RunContext
 
     model = _quantize(_base_model(), "W8A8-FP8")
     source = tmp_path / "source"

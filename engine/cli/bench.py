@@ -1,0 +1,102 @@
+"""``lowbit bench kernels | train | recovery``: speed of the fake-quant kernels and of training
+steps, and how much accuracy QAT / QAD win back."""
+
+from __future__ import annotations
+
+import json
+
+from ..analysis.kernels import bench_kernels
+from ..errors import LowbitError
+from ..io.demo import demo_recipe_dict
+from ..io.model import load_model
+from ..pipeline.recovery import format_table, recovery
+from ..pipeline.trainbench import bench_train
+from ..recipe import Recipe
+
+
+def cmd_bench_kernels(args) -> int:
+    names = [n.strip() for n in args.formats.split(",")] if args.formats else None
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LowbitError("--device cuda: no CUDA device is available here; use --device cpu")
+
+    def show(row):
+        if not args.json:
+            print(f"{row['format']:<18} {row['ms']:>9.2f} ms  {row['gbps']:>7.2f} GB/s   "
+                  f"clone {row['clone_gbps']:>7.2f} GB/s   ratio {row['ratio_to_clone']:.2f}", flush=True)
+
+    if not args.json:
+        print(f"fake_quant of a {args.size}x{args.size} float32 tensor on {args.device}; "
+              "ratio = clone time / fake_quant time (1.0 = as fast as a copy)")
+    rows = bench_kernels(args.device, names, args.size, args.repeats, on_result=show)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    model = None
+    if args.model:
+        model = load_model(args.model).model
+    schemes_ = [n.strip() for n in args.schemes.split(",")]
+
+    def show(row):
+        if not args.json:
+            print(f"{row['config']:<24} {row['step_ms']:>10.1f} ms/step   {row['ratio']:.2f}x plain", flush=True)
+
+    if not args.json:
+        print(f"training step time, batch {args.batch_size} x {args.seq_len} tokens on {args.device}; "
+              "ratio = step time / plain fine-tuning step time (same model, same run)")
+    rows = bench_train(model, schemes_, args.device, args.batch_size, args.seq_len, args.steps, on_result=show)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_bench_recovery(args) -> int:
+    if args.demo:
+        recipe = Recipe.from_dict(demo_recipe_dict("qad"))
+    elif args.recipe:
+        recipe = Recipe.load(args.recipe)
+    else:
+        raise LowbitError("give a recipe file or --demo")
+    updates = {k: v for k, v in (("quant.scheme", args.scheme), ("train.steps", args.steps), ("train.lr", args.lr))
+               if v is not None}
+    if updates:
+        recipe = recipe.with_updates(updates)
+    res = recovery(recipe, args.workdir, log=(lambda m: None) if args.json else print)
+    print(json.dumps(res, indent=2, default=str) if args.json else format_table(res))
+    return 0
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", metavar="WHAT")
+    bk = bsub.add_parser("kernels", help="fake-quant throughput of every format next to x.clone()")
+    bk.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bk.add_argument("--json", action="store_true", help="print a JSON list")
+    bk.add_argument("--formats", help="comma-separated format names (default: all standard formats)")
+    bk.add_argument("--size", type=int, default=4096, help="tensor side (default 4096)")
+    bk.add_argument("--repeats", type=int, default=7)
+    bk.set_defaults(func=cmd_bench_kernels)
+    bt = bsub.add_parser("train", help="step time of QAT / QAD next to plain fine-tuning")
+    bt.add_argument("--model", help="model folder (default: a 4-layer, 256-wide Llama built in memory)")
+    bt.add_argument("--schemes", default="W4A16-INT4,W4A16-NVFP4,W4A4-NVFP4")
+    bt.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bt.add_argument("--batch-size", type=int, default=8)
+    bt.add_argument("--seq-len", type=int, default=128)
+    bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 6 warm-up)")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_bench_train)
+    br = bsub.add_parser("recovery", help="PTQ vs QAT vs QAD vs plain fine-tuning at the same step budget")
+    br.add_argument("recipe", nargs="?", help="recipe file (mode is ignored: all are run)")
+    br.add_argument("--demo", action="store_true", help="use the built-in demo model and data")
+    br.add_argument("--scheme")
+    br.add_argument("--steps", type=int)
+    br.add_argument("--lr", type=float)
+    br.add_argument("--workdir", help="where the runs go (default: a temporary folder)")
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(func=cmd_bench_recovery)
+    b.set_defaults(func=lambda a: (b.print_help(), 2)[1])

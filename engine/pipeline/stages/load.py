@@ -1,0 +1,31 @@
+"""Stage: load the checkpoint and the text."""
+
+from __future__ import annotations
+
+from ...errors import LowbitError
+from ...io.data import make_splits
+from ...io.demo import resolve_data_paths
+from ...io.model import describe_model, load_model
+from ..context import RunContext
+
+
+def load_stage(ctx: RunContext) -> None:
+    """Load the model and tokenize the data: ``ctx.loaded``, ``ctx.splits``, report["model"] and ["data"]."""
+    r = ctx.recipe
+    with ctx.stage("load", detail=str(r.model.path)):
+        ctx.loaded = load_model(r.model.path, kind=r.model.kind, dtype=r.model.dtype, device=str(ctx.device),
+                                trust_remote_code=r.model.trust_remote_code)
+        info = describe_model(ctx.loaded)
+        ctx.report["model"] = {k: info[k] for k in ("name", "architecture", "kind", "n_params", "dtype")}
+        ctx.log(f"model {info['name']}: {info['architecture']}, {info['n_params']:,} parameters, "
+                f"{len(info['layers'])} linear layers")
+        data_path, eval_path = resolve_data_paths(r)
+        if data_path is None:
+            raise LowbitError("the recipe has no data.path: choose a text file, a folder of .txt files or a .jsonl file")
+        ctx.splits = make_splits(ctx.loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
+                                 text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
+        ctx.report["data"] = {"path": str(data_path), "eval_path": eval_path, "seq_len": r.data.seq_len,
+                              "calib_blocks": int(ctx.splits.calib.shape[0]),
+                              "eval_blocks": int(ctx.splits.eval.shape[0])}
+        ctx.log(f"data: {ctx.splits.calib.shape[0]} blocks for calibration/training, "
+                f"{ctx.splits.eval.shape[0]} for evaluation, {r.data.seq_len} tokens each")

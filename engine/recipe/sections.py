@@ -1,0 +1,288 @@
+"""What a recipe holds: its sections and keys, their defaults, limits and meanings.
+
+Adding a key is adding one field here, with its kind (how it is checked) and its
+doc (shown in help texts and the window's tooltips); reading, writing, overrides
+and the key listing pick it up from the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Union
+
+from ..errors import RecipeError
+from . import text
+from .kinds import (CUSTOM_SCHEME, NO_FORMAT, SCHEMA_VERSION, _Bool, _build, _Choice, _Device, _dump, _Float,
+                    _FormatName, _Int, _List, _Nested, _opt, _required, _SchemeName, _section, _Section, _settable_keys,
+                    _show, _Str, _unknown_key, _Version, register_root)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSection(_Section):
+    _key: ClassVar[str] = "model"
+
+    path: str = _required(_Str(), "the model: a folder, a Hugging Face hub id, or 'demo'")
+    kind: str = _opt("auto", _Choice("auto", "causal-lm", "encoder"),
+                     "the model's head; auto reads it from the model's config")
+    dtype: str = _opt("float32", _Choice("auto", "float32", "bfloat16", "float16"),
+                      "the high-precision dtype the model is loaded in")
+    trust_remote_code: bool = _opt(False, _Bool(),
+                                   "run Python code shipped with the model (only for models you trust)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection(_Section):
+    _key: ClassVar[str] = "data"
+
+    path: Optional[str] = _opt(None, _Str(optional=True),
+                               "text for calibration and training (file or folder); null only for the demo model")
+    eval_path: Optional[str] = _opt(None, _Str(optional=True),
+                                    "held-out text for evaluation; null = split eval_fraction off data.path")
+    text_field: str = _opt("text", _Str(), "the field that holds the text in JSON lines data")
+    seq_len: int = _opt(256, _Int(ge=8), "tokens per sample")
+    batch_size: int = _opt(4, _Int(ge=1), "samples per batch")
+    calib_batches: int = _opt(16, _Int(ge=1), "batches calibration sees")
+    eval_batches: int = _opt(8, _Int(ge=1), "batches each evaluation sees")
+    eval_fraction: float = _opt(0.1, _Float(gt=0, le=0.5),
+                                "share of data.path held out for evaluation when eval_path is null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Override(_Section):
+    """Different formats for the layers whose names match ``pattern``."""
+
+    _key: ClassVar[str] = "quant.overrides[]"
+
+    pattern: str = _required(_Str(), "layer names this applies to (fnmatch wildcards)")
+    weight: Optional[str] = _opt(None, _FormatName(optional=True),
+                                 "weight format for these layers; null = the scheme's, 'none' = keep")
+    activation: Optional[str] = _opt(None, _FormatName(optional=True),
+                                     "input activation format for these layers; null = the scheme's, 'none' = keep")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantSection(_Section):
+    _key: ClassVar[str] = "quant"
+
+    scheme: str = _opt("W4A16-INT4", _SchemeName(),
+                       "a named scheme (see engine.quant.schemes) or 'custom'")
+    weight: Optional[str] = _opt(None, _FormatName(optional=True),
+                                 "weight format instead of the scheme's; 'none' = keep weights")
+    activation: Optional[str] = _opt(None, _FormatName(optional=True),
+                                     "input activation format instead of the scheme's; 'none' = keep activations")
+    include: Tuple[str, ...] = _opt(("*",), _List(_Str(), "strings", min_len=1),
+                                    "layer name patterns to quantize (fnmatch wildcards)")
+    exclude: Tuple[str, ...] = _opt((), _List(_Str(), "strings"), "layer name patterns to leave alone")
+    default_exclusions: bool = _opt(True, _Bool(),
+                                    "also leave the usual sensitive layers alone (lm_head, routers, norms)")
+    overrides: Tuple[Override, ...] = _opt((), _List(_Nested(Override), "overrides"),
+                                           "formats for the layers matching a pattern, instead of the scheme's")
+
+    def resolve(self):
+        """The :class:`engine.quant.schemes.Scheme` this section selects."""
+        from ..quant import schemes
+
+        return schemes.get(self.scheme, self.weight, self.activation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationSection(_Section):
+    _key: ClassVar[str] = "calibration"
+
+    method: str = _opt("max", _Choice("max", "percentile", "mse"), "how static scales are chosen")
+    percentile: float = _opt(99.99, _Float(gt=0, le=100), "the |x| percentile kept by method 'percentile'")
+    mse_grid: int = _opt(20, _Int(ge=2), "candidate scales tried by method 'mse'")
+    mse_min_ratio: float = _opt(0.5, _Float(gt=0, lt=1),
+                                "the smallest candidate of method 'mse', as a fraction of the max")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSection(_Section):
+    _key: ClassVar[str] = "train"
+
+    steps: int = _opt(200, _Int(ge=1), "optimizer steps")
+    lr: float = _opt(1e-4, _Float(gt=0), "peak learning rate")
+    weight_decay: float = _opt(0.0, _Float(ge=0), "AdamW weight decay")
+    warmup_steps: int = _opt(10, _Int(ge=0), "linear warm-up steps before the schedule")
+    schedule: str = _opt("cosine", _Choice("cosine", "constant", "linear"), "learning-rate schedule after warm-up")
+    batch_size: Optional[int] = _opt(None, _Int(ge=1, optional=True), "samples per step; null = data.batch_size")
+    grad_accum: int = _opt(1, _Int(ge=1), "micro-batches accumulated per step")
+    grad_clip: float = _opt(1.0, _Float(ge=0), "gradient norm clip; 0 = off")
+    eval_every: int = _opt(50, _Int(ge=0), "steps between evaluations; 0 = only at the end")
+    checkpoint_every: int = _opt(100, _Int(ge=0), "steps between checkpoints; 0 = off")
+    kd_temperature: float = _opt(1.0, _Float(gt=0), "softmax temperature of the distillation loss")
+    kd_alpha: float = _opt(1.0, _Float(ge=0, le=1), "weight of distillation against the task loss (QAD)")
+    kd_hidden_weight: float = _opt(0.0, _Float(ge=0), "weight of the hidden-state matching loss (QAD)")
+    learnable_scales: bool = _opt(False, _Bool(), "train the calibrated scales too")
+    gradient_checkpointing: bool = _opt(False, _Bool(), "recompute activations in backward to save memory")
+    early_stop_perplexity: Optional[float] = _opt(None, _Float(gt=0, optional=True),
+                                                  "stop once evaluation perplexity is at or below this")
+    teacher_device: Optional[str] = _opt(None, _Device(optional=True),
+                                         "device of the QAD teacher; null = the student's")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSection(_Section):
+    _key: ClassVar[str] = "export"
+
+    format: Optional[str] = _opt(None, _Choice("compressed-tensors", "modelopt", "dense", optional=True),
+                                 "checkpoint format to write; null = no export")
+    path: Optional[str] = _opt(None, _Str(optional=True), "export folder; null = <run dir>/export")
+    verify: bool = _opt(True, _Bool(), "reload the export and compare it with the quantized model")
+    max_shard_mb: int = _opt(2000, _Int(ge=1), "largest safetensors shard, in MB")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisSection(_Section):
+    _key: ClassVar[str] = "analysis"
+
+    formats: Tuple[str, ...] = _opt((), _List(_FormatName(), "format names"),
+                                    "formats to compare per layer after calibration; empty = skip")
+    sensitivity: bool = _opt(False, _Bool(), "also measure each layer's model-level sensitivity (slow)")
+    benchmark: bool = _opt(True, _Bool(), "time the model before and after (latency, tokens/s, memory)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistributedSection(_Section):
+    _key: ClassVar[str] = "distributed"
+
+    strategy: str = _opt("fsdp2", _Choice("fsdp2", "ddp"), "how the student is spread over processes under torchrun")
+    teacher: str = _opt("replicate", _Choice("replicate", "shard"), "the QAD teacher: a full copy per process, or sharded")
+
+
+@register_root
+@dataclass(frozen=True, kw_only=True)
+class Recipe(_Section):
+    """A whole run: model, data, quantization, calibration, mode, training, export.
+
+    Build one with ``Recipe(model={"path": "demo"}, ...)`` (sections as instances
+    or mappings), :meth:`from_dict` or :meth:`load`. It is checked on
+    construction and immutable afterwards.
+    """
+
+    _key: ClassVar[str] = ""
+
+    version: int = _opt(SCHEMA_VERSION, _Version(), "recipe schema version")
+    model: ModelSection = _section(ModelSection, "the model to quantize (model.path is required)")
+    data: DataSection = _section(DataSection, "calibration, training and evaluation text")
+    quant: QuantSection = _section(QuantSection, "what gets quantized, and to which formats")
+    calibration: CalibrationSection = _section(CalibrationSection, "how static scales are calibrated")
+    mode: str = _opt("ptq", _Choice("ptq", "qat", "qad"),
+                     "ptq: calibrate only; qat: then train on the task loss; qad: then distill from the original")
+    train: TrainSection = _section(TrainSection, "training settings for qat and qad")
+    export: ExportSection = _section(ExportSection, "the checkpoint written at the end")
+    analysis: AnalysisSection = _section(AnalysisSection, "per-layer analysis and benchmarks of the run")
+    distributed: DistributedSection = _section(DistributedSection, "settings used only under torchrun")
+    seed: int = _opt(0, _Int(ge=0, le=2**32 - 1), "random seed (data order, sampling, initialisation)")
+    device: str = _opt("auto", _Device(), "where the student runs; auto = cuda when present")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        """Run the cross-field checks (see the module doc); raises RecipeError.
+
+        Construction already calls this, after checking every field on its own;
+        it is public so callers can state the intent where it matters.
+        """
+        q = self.quant
+        if q.scheme == CUSTOM_SCHEME and q.weight in (None, NO_FORMAT) and q.activation in (None, NO_FORMAT):
+            raise RecipeError(
+                "quant.scheme is 'custom', so quant.weight or quant.activation must name a format"
+            )
+        try:
+            scheme = q.resolve()
+        except (KeyError, ValueError) as exc:  # both already checked field by field; kept as a guard
+            raise RecipeError(f"quant: {exc.args[0] if exc.args else exc}") from None
+        if scheme.weight is None and scheme.activation is None:
+            raise RecipeError(
+                f"quant: scheme {q.scheme!r} with quant.weight: {q.weight or 'null'} and quant.activation: "
+                f"{q.activation or 'null'} keeps weights and activations in high precision; "
+                "name a format for one of them"
+            )
+        for i, override in enumerate(q.overrides):
+            if override.weight is None and override.activation is None:
+                raise RecipeError(
+                    f"quant.overrides[{i}] (pattern {override.pattern!r}) sets neither weight nor activation, "
+                    "so it would change nothing; give it a format, or 'none' to keep that side"
+                )
+        if self.calibration.method == "mse" and scheme.weight is None:
+            raise RecipeError(
+                "calibration.method 'mse' searches the weights' scales, but the scheme quantizes no weights; "
+                "use 'max' or 'percentile'"
+            )
+
+    # -- plain data ------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, require_version: bool = False) -> "Recipe":
+        """Build a recipe from plain data (as read from YAML or JSON).
+
+        ``require_version``: a missing ``version`` key is an error (files must
+        say which schema they follow); otherwise it defaults to the current one.
+        """
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"a recipe must be a mapping of sections (model, data, quant, ...), got {_show(data)}")
+        if "version" in data:
+            _Version().parse(data["version"], "version")  # before unknown keys: a newer file may have new ones
+        elif require_version:
+            raise RecipeError(f"the recipe has no 'version' key; add 'version: {SCHEMA_VERSION}' at the top")
+        return _build(cls, data, "")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Every field, version included, as plain JSON-able data."""
+        return _dump(self)
+
+    def with_updates(self, updates: Mapping[str, Any]) -> "Recipe":
+        """A new, checked recipe with the dotted keys in ``updates`` changed.
+
+        ``recipe.with_updates({"train.steps": 50, "quant.scheme": "W4A4-NVFP4"})``.
+        Keys name single fields (``mode``, ``data.seq_len``, ``quant.overrides``);
+        values are plain data as in a recipe file.
+        """
+        if not isinstance(updates, Mapping):
+            raise RecipeError(f"updates must map dotted keys to values, got {_show(updates)}")
+        tree = self.to_dict()
+        keys = _settable_keys()
+        for key, value in updates.items():
+            if key not in keys:
+                raise _unknown_key(str(key), keys)
+            section, _, name = key.rpartition(".")
+            (tree[section] if section else tree)[name] = value
+        return Recipe.from_dict(tree)
+
+    # -- text and files ----------------------------------------------------------------
+
+    def to_yaml(self) -> str:
+        return text.dump_yaml(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_yaml(cls, yaml_text: str, *, source: str = "<yaml>", require_version: bool = True) -> "Recipe":
+        """Parse recipe text (YAML, which also reads JSON); errors start with ``source``."""
+        return cls._from_text(yaml_text, "yaml", source, require_version)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Recipe":
+        """Read a ``.yaml`` / ``.yml`` / ``.json`` recipe file; it must carry a ``version``."""
+        body, syntax, source = text.read_file(path)
+        return cls._from_text(body, syntax, source, True)
+
+    @classmethod
+    def _from_text(cls, body: str, syntax: str, source: str, require_version: bool) -> "Recipe":
+        tree = text.read_text(body, syntax, source)
+        try:
+            return cls.from_dict(tree, require_version=require_version)
+        except RecipeError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the recipe as YAML or JSON (by suffix), atomically (see :func:`text.write_file`)."""
+        body = self.to_json() if text.file_syntax(path) == "json" else self.to_yaml()
+        return text.write_file(path, body)
