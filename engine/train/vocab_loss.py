@@ -22,6 +22,7 @@ d KD / d z = T * (softmax(z / T) - p_teacher) / n_rows, the latter because
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -46,6 +47,7 @@ class Teacher:
     logits: Optional[torch.Tensor] = None
     topk_values: Optional[torch.Tensor] = None
     topk_indices: Optional[torch.Tensor] = None
+    device: Optional[torch.device] = None  # where the student's chunks are (the teacher may live elsewhere)
 
     def __post_init__(self):
         given = [self.hidden is not None, self.logits is not None, self.topk_values is not None]
@@ -71,11 +73,13 @@ class Teacher:
     def log_probs(self, lo: int, hi: int, temperature: float) -> torch.Tensor:
         """log p of rows lo..hi in fp32: (n, V), or (n, k) for a top-k teacher."""
         if self.hidden is not None:
-            z = F.linear(self.hidden[lo:hi], self.weight, self.bias).float()
+            z = F.linear(self.hidden[lo:hi].to(self.weight.dtype), self.weight, self.bias).float()
         elif self.logits is not None:
             z = self.logits[lo:hi].float()
         else:
             z = self.topk_values[lo:hi].float()
+        if self.device is not None:
+            z = z.to(self.device)
         return F.log_softmax(z / temperature, -1)
 
 
@@ -282,7 +286,8 @@ def vocab_losses(hidden: Optional[torch.Tensor] = None, weight: Optional[torch.T
     if targets is None and teacher is None:
         raise ValueError("vocab_losses needs targets (cross-entropy), a teacher (distillation) or both")
     if hidden is not None:
-        hidden = hidden.reshape(-1, hidden.shape[-1])
+        # under CUDA autocast the hidden states may be bf16 while the head is fp32: the head's dtype rules
+        hidden = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype if weight is not None else hidden.dtype)
     else:
         logits = logits.reshape(-1, logits.shape[-1])
     n = hidden.shape[0] if hidden is not None else logits.shape[0]
@@ -307,6 +312,62 @@ def shifted_targets(ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = 
     if attention_mask is not None:
         t[:, :-1] = torch.where(attention_mask[:, 1:].bool(), t[:, :-1], IGNORE_INDEX)
     return t.reshape(-1)
+
+
+class HeadOutput:
+    """A causal LM's forward pass stopped before its head: the final hidden states (after the final
+    norm) and the head that turns them into logits, for the chunked loss to apply."""
+
+    logits = None
+
+    def __init__(self, last_hidden_state: torch.Tensor, hidden_states, head: torch.nn.Module):
+        self.last_hidden_state, self.hidden_states, self.head = last_hidden_state, hidden_states, head
+
+    def to(self, device) -> "HeadOutput":
+        """The per-layer hidden states moved to ``device`` (the loss compares them there); the final
+        ones stay with the head, which computes each chunk's logits where it lives."""
+        hidden = tuple(h.to(device) for h in self.hidden_states) if self.hidden_states is not None else None
+        return HeadOutput(self.last_hidden_state, hidden, self.head)
+
+
+def forward_without_logits(model, inputs, output_hidden_states: bool = False) -> Optional[HeadOutput]:
+    """Run a causal LM up to its head; None where that is not the same as its own forward
+    (no plain linear head, logit soft-capping or scaling, no separable base model)."""
+    head = lm_head_of(model)
+    body = getattr(model, "base_model", None)
+    if head is None or body is None or body is model:
+        return None
+    kwargs = dict(inputs)
+    if "use_cache" in inspect.signature(body.forward).parameters:
+        kwargs["use_cache"] = False  # training never reuses the key / value cache
+    out = body(**kwargs, output_hidden_states=output_hidden_states)
+    last = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return HeadOutput(last, getattr(out, "hidden_states", None) if output_hidden_states else None, head)
+
+
+def student_args(out) -> dict:
+    """``vocab_losses`` keyword arguments for the student side of a model output."""
+    if isinstance(out, HeadOutput):
+        weight, bias = head_weight(out.head)
+        return {"hidden": head_input(out.head, out.last_hidden_state), "weight": weight, "bias": bias}
+    return {"logits": out.logits}
+
+
+def teacher_of(out, device=None, top_k: Optional[int] = None) -> Teacher:
+    """The distillation target from the teacher's output: its head applied per chunk where it lives,
+    or its logits (in their own dtype); with ``top_k``, its k largest logits only."""
+    if isinstance(out, HeadOutput) and not top_k:
+        weight, bias = head_weight(out.head)
+        h = head_input(out.head, out.last_hidden_state)
+        return Teacher(hidden=h.reshape(-1, h.shape[-1]), weight=weight.detach(),
+                       bias=None if bias is None else bias.detach(), device=device)
+    logits = out.logits if not isinstance(out, HeadOutput) else out.head(out.last_hidden_state)
+    logits = logits.reshape(-1, logits.shape[-1])
+    if top_k:
+        t = topk_teacher(logits, top_k)
+        t.topk_values, t.topk_indices = t.topk_values.to(device or logits.device), t.topk_indices.to(device or logits.device)
+        return t
+    return Teacher(logits=logits, device=device)
 
 
 def lm_head_of(model) -> Optional[torch.nn.Module]:

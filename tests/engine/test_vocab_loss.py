@@ -131,3 +131,46 @@ def test_bad_calls_are_refused_with_a_message():
         vocab_losses(h, w, b, teacher=Teacher(hidden=th[:5], weight=tw))
     with pytest.raises(ValueError, match="exactly one"):
         Teacher(hidden=th, weight=tw, logits=th)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_trainer_loss_through_the_head_equals_the_full_logits_formula(tied):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine import calib
+    from engine.events import CancelToken
+    from engine.quant import schemes
+    from engine.quant.select import apply_plan, plan_layers
+    from engine.train import frozen_original
+    from engine.train.loop import Trainer, TrainSettings
+    from engine.train.vocab_loss import forward_without_logits
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=700, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=tied)
+    model = LlamaForCausalLM(cfg)
+    blocks = torch.randint(0, 700, (4, 20), generator=torch.Generator().manual_seed(2))
+    teacher = frozen_original(model)
+    apply_plan(model, plan_layers(model, schemes.get("W8A8-INT8"))[0])
+    calib.calibrate(model, lambda m: m(input_ids=blocks))
+    s = TrainSettings(mode="qad", steps=1, lr=1e-4, batch_size=4, kd_alpha=0.6, kd_temperature=2.0,
+                      eval_every=0, checkpoint_every=0)
+    trainer = Trainer(model, teacher, "causal-lm", blocks, s, torch.device("cpu"), lambda e: None, CancelToken())
+    assert forward_without_logits(model, {"input_ids": blocks}) is not None
+    total, parts = trainer.loss(blocks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(total, params)
+    # the reference: the model's own full logits and the unchunked formulas
+    z = model(input_ids=blocks).logits.float()
+    with torch.no_grad():
+        zt = teacher(input_ids=blocks).logits.float()
+    ce = F.cross_entropy(z[:, :-1].flatten(0, 1), blocks[:, 1:].flatten())
+    kd = F.kl_div(F.log_softmax(z.flatten(0, 1) / 2, -1), F.log_softmax(zt.flatten(0, 1) / 2, -1),
+                  log_target=True, reduction="batchmean") * 4
+    ref_total = 0.6 * kd + 0.4 * ce
+    ref_grads = torch.autograd.grad(ref_total, params)
+    assert abs(parts["kd_loss"].item() - kd.item()) <= 1e-5 * kd.item()
+    assert abs(parts["task_loss"].item() - ce.item()) <= 1e-6 * ce.item()
+    for got, want in zip(grads, ref_grads):
+        assert _rel(got, want) <= 1e-4
