@@ -38,7 +38,7 @@ from ..statefile import cpu_state_dict, save_state
 from ..io.samples import model_inputs, token_mask
 from .losses import LossComposer, set_student_mode, student_randomness
 from .precision import MasterWeights
-from .vocab_loss import forward_without_logits
+from .vocab_loss import HeadOutput, forward_without_logits
 
 
 @dataclass
@@ -67,6 +67,8 @@ class TrainSettings:
     scale_penalty: float = 0.0  # weight of the penalty on learned scales growing above calibration
     dropout: str = "auto"  # train-only randomness of the student: auto (off in QAD and QAT), on, off
     early_stop_patience: int = 0  # stop after this many evaluations worse than PTQ; 0 = off
+    # issue 16: a bf16 / fp16 student's optimizer updates fp32 master copies (engine/train/precision.py)
+    master_weights: bool = True
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -123,6 +125,8 @@ class _Outputs:
 
 
 def _on_device(out, device):
+    if isinstance(out, HeadOutput):  # the teacher's head stays where it is (engine.train.vocab_loss)
+        return out.to(device)
     return _Outputs(out, device)
 
 
@@ -150,7 +154,7 @@ class Trainer:
             raise LowbitError("the model has no trainable parameters")
         # a bf16 / fp16 student: AdamW updates fp32 master copies (engine.train.precision); sharded
         # (distributed) students keep their own parameters, which the DCP checkpoints address
-        self.master = MasterWeights(params, enabled=not self.dist.active)
+        self.master = MasterWeights(params, enabled=settings.master_weights and not self.dist.active)
         self.optimizer = torch.optim.AdamW(self.master.optim_params, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, settings))
         self.step = 0
