@@ -90,3 +90,51 @@ def fmt_bytes(n: Optional[float]) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{int(n)} B"
+
+
+class StagePeak:
+    """The peak memory of one stage: the resident set's high-water mark on the CPU (restarted when
+    the stage starts), the allocator's peak on CUDA. ``read()`` returns bytes, or None where the
+    system cannot tell a stage's own peak."""
+
+    def __init__(self, device):
+        self.cuda = getattr(device, "type", str(device)).startswith("cuda")
+        self.device = device
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+            self.ok = True
+        else:
+            self.ok = peak_rss_reset()
+
+    def read(self) -> Optional[int]:
+        if not self.ok:
+            return None
+        if self.cuda:
+            import torch
+
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return int(peak_rss())
+
+
+def give_back_free_memory() -> None:
+    """Return freed memory to the system: CUDA's cached blocks, and glibc's free heap pages (tensors
+    under its 32 MB mmap threshold live on the heap, which otherwise keeps its high-water size)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - a broken CUDA install must not stop a CPU run
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

@@ -12,6 +12,7 @@ import torch
 from ..events import CancelToken, Log, Metric, ProgressTracker, Sink, StageFinished, StageStarted
 from ..io.data import batches
 from ..parallel import Dist
+from ..memory import StagePeak
 
 
 @dataclass
@@ -57,12 +58,16 @@ class _Stage:
         self.ctx.cancel.check()
         self.t0 = time.monotonic()
         self.ctx.current_stage = self.name
+        self._memory = StagePeak(self.ctx.device)  # this stage's own peak (report["memory"]["measured"])
         self.ctx.sink(StageStarted(self.name, self.total, self.detail))
         return ProgressTracker(self.ctx.sink, self.name, self.total, self.ctx.cancel)
 
     def __exit__(self, exc_type, exc, tb):
         seconds = time.monotonic() - self.t0
         self.ctx.report.setdefault("timings", {})[self.name] = round(seconds, 3)
+        peak = self._memory.read()
+        if peak is not None:
+            self.ctx.report.setdefault("memory", {}).setdefault("measured", {})[self.name] = peak
         if exc_type is None:
             self.ctx.sink(StageFinished(self.name, seconds))
         return False

@@ -29,6 +29,7 @@ from ..fsutil import clean_json, write_json_atomic
 from ..parallel import Dist, check_recipe, main_only
 from ..train import latest_checkpoint
 from .context import RunContext, RunResult
+from .plan import plan_stage
 from .stages.analyze import analysis_stage
 from .stages.benchmark import benchmark_stage
 from .stages.calibrate import calibrate_stage
@@ -132,6 +133,7 @@ def run(recipe, sink: Optional[Sink] = None, cancel: Optional[CancelToken] = Non
         return report
 
     try:
+        plan_stage(ctx)  # the memory plan, from the config only; a run that cannot fit stops here
         for _name, stage in stages_for(recipe):
             stage(ctx)
         ctx.report.setdefault("timings", {})["total"] = round(time.monotonic() - t0, 3)

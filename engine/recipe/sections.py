@@ -118,6 +118,9 @@ class TrainSection(_Section):
     kd_hidden_weight: float = _opt(0.0, _Float(ge=0), "weight of the hidden-state matching loss (QAD)")
     learnable_scales: bool = _opt(False, _Bool(), "train the calibrated scales too")
     gradient_checkpointing: bool = _opt(False, _Bool(), "recompute activations in backward to save memory")
+    master_weights: bool = _opt(True, _Bool(),
+                                "a bf16/fp16 student keeps fp32 master weights for AdamW (4 bytes per parameter), "
+                                "so small updates are not rounded away")
     early_stop_perplexity: Optional[float] = _opt(None, _Float(gt=0, optional=True),
                                                   "stop once evaluation perplexity is at or below this")
     teacher_device: Optional[str] = _opt(None, _Device(optional=True),
@@ -178,6 +181,9 @@ class Recipe(_Section):
     distributed: DistributedSection = _section(DistributedSection, "settings used only under torchrun")
     seed: int = _opt(0, _Int(ge=0, le=2**32 - 1), "random seed (data order, sampling, initialisation)")
     device: str = _opt("auto", _Device(), "where the student runs; auto = cuda when present")
+    memory_check: bool = _opt(True, _Bool(),
+                              "refuse, before loading weights, a run whose memory plan does not fit the device "
+                              "(see `lowbit plan`)")
 
     def __post_init__(self):
         super().__post_init__()

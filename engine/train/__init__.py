@@ -35,6 +35,6 @@ def settings_from_recipe(recipe) -> TrainSettings:
         schedule=t.schedule, batch_size=t.batch_size or recipe.data.batch_size, grad_accum=t.grad_accum,
         grad_clip=t.grad_clip, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         kd_temperature=t.kd_temperature, kd_alpha=t.kd_alpha, kd_hidden_weight=t.kd_hidden_weight,
-        gradient_checkpointing=t.gradient_checkpointing, early_stop_perplexity=t.early_stop_perplexity,
+        gradient_checkpointing=t.gradient_checkpointing, master_weights=t.master_weights, early_stop_perplexity=t.early_stop_perplexity,
         seed=recipe.seed,
     )

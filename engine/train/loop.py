@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import LowbitError, out_of_memory_error
+from ..memory import give_back_free_memory
 from ..events import CancelToken, Metric, Progress, Sink
 from ..fsutil import fsync_tree, write_text_atomic
 from ..quant.select import restore_amax
@@ -270,6 +271,17 @@ class Trainer:
         summary_note = {"early_stop": self.early_stop_note} if getattr(self, "early_stop_note", None) else {}
         return {**summary_note, "steps": self.step, "seconds": round(seconds, 3), "stopped_early": stopped_early,
                 "tokens_per_s": tokens_per_step * (self.step - start_step) / max(seconds, 1e-9)}
+
+    def release(self) -> None:
+        """Free the optimizer's moments, the fp32 master weights and the gradients once training is
+        over: the final evaluation needs none of them (the memory plan counts on this)."""
+        self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:
+            group["params"] = []
+        self.master = MasterWeights([])
+        for p in self.student.parameters():
+            p.grad = None
+        give_back_free_memory()
 
     def _run_eval(self) -> bool:
         metrics = self.evaluate(self.step)

@@ -47,6 +47,7 @@ def train_stage(ctx: RunContext) -> None:
         ctx.log(f"resumed from {resume_from.name} (step {trainer.step} of {settings.steps})")
     with ctx.stage("train", settings.steps, detail=f"{r.mode.upper()}, {settings.steps} steps"):
         summary = trainer.fit()
+    trainer.release()  # the optimizer state and master weights are not needed by the final evaluation
     with ctx.stage(f"evaluate final", len(eval_batches)) as prog:
         res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher,
                        on_batch=lambda i: prog.step(), dist=dist)
