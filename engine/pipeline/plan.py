@@ -301,7 +301,9 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
 
     # save + export: the student written tensor by tensor; an export packs and verifies layer by layer
     s = base("save")
-    s.add("serialisation buffer (safetensors)", weights, note="the writer copies tensors into one buffer")
+    if dev_type != "cpu":
+        s.add("student state copied to the CPU", weights, device="cpu")
+    s.add("serialisation buffer (safetensors)", weights, device="cpu", note="the writer copies tensors into one buffer")
     stages.append(s)
     if r.export.format:
         s = base("export")

@@ -1,0 +1,114 @@
+"""Inspecting without loading, the memory plan, and its enforcement (CLI in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine.errors import LowbitError
+from engine.io.inspect import inspect_config, inspect_model
+from engine.memory import rss
+from engine.pipeline.plan import check_fits, plan_recipe
+from engine.recipe import Recipe
+
+
+def _llama3_8b():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=128_256, hidden_size=4096, intermediate_size=14_336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                       tie_word_embeddings=False, architectures=["LlamaForCausalLM"], dtype="bfloat16")
+
+
+def test_an_8b_model_is_described_in_under_2_s_without_memory_for_weights():
+    t_import = time.perf_counter()
+    import transformers.models.llama.modeling_llama  # noqa: F401  (once per process: the architecture's code)
+
+    t_import = time.perf_counter() - t_import
+    before = rss()
+    t0 = time.perf_counter()
+    info = inspect_config(_llama3_8b())
+    desc = info.describe()
+    seconds = time.perf_counter() - t0
+    grown = rss() - before
+    print(f"8B inspection: {seconds:.3f} s (the architecture's module imported first in {t_import:.2f} s), "
+          f"resident set +{grown / 2**20:.0f} MiB")
+    assert seconds < 2.0
+    assert grown < 200 * 2**20  # the bf16 weights would be 15 GiB
+    assert all(p.device.type == "meta" for p in info.model.parameters())
+    assert desc["n_params"] == 8_030_261_248  # Llama-3-8B
+    assert desc["n_linear"] == 32 * 7 + 1 and desc["layers"][0]["name"] == "model.layers.0.self_attn.q_proj"
+    assert desc["dtype"] == "bfloat16" and desc["n_blocks"] == 32 and not desc["tied_embeddings"]
+
+
+def test_inspection_of_a_folder_matches_the_loaded_model(tiny_llama_dir):
+    from engine.io.model import describe_model, load_model
+
+    info = inspect_model(tiny_llama_dir)
+    loaded = describe_model(load_model(tiny_llama_dir))
+    meta = info.describe()
+    for key in ("name", "architecture", "kind", "n_params", "n_linear", "linear_params", "layers"):
+        assert meta[key] == loaded[key], key
+    assert meta["checkpoint_bytes"] == sum(p.stat().st_size for p in tiny_llama_dir.glob("*.safetensors")) - sum(
+        8 + int.from_bytes(p.read_bytes()[:8], "little") for p in tiny_llama_dir.glob("*.safetensors"))
+
+
+def _recipe(path, **over):
+    d = {"model": {"path": str(path), "dtype": "bfloat16"}, "mode": "qad", "device": "cpu",
+         "data": {"seq_len": 512, "batch_size": 4}}
+    for k, v in over.items():
+        section, _, key = k.partition(".")
+        d.setdefault(section, {})[key] = v
+    return Recipe.from_dict(d)
+
+
+def test_the_8b_plan_counts_every_training_item_and_its_knobs_save_memory():
+    info = inspect_config(_llama3_8b())
+    p = plan_recipe(_recipe("unused"), info=info, device="cuda:0", capacity={"cuda:0": 80 << 30, "cpu": 256 << 30})
+    train = p.stage("train")
+    items = {i.name: i.bytes for i in train.items}
+    n = 8_030_261_248
+    assert items["student weights (bfloat16)"] == 2 * n
+    assert items["fp32 master weights"] == 4 * n and items["AdamW moments (fp32)"] == 8 * n
+    assert p.total_peak_bytes == max(sum(s.per_device().values()) for s in p.stages)
+    assert not p.fits  # full AdamW on 8B parameters needs about 16 bytes each: more than 80 GB
+    names = [k.name for k in p.knobs]
+    assert "teacher on the CPU" in names and "gradient checkpointing" in names
+    cpu_teacher = next(k for k in p.knobs if k.name == "teacher on the CPU")
+    assert cpu_teacher.saves_bytes == 2 * n
+    with pytest.raises(LowbitError, match=r"does not fit: stage 'train' needs about .* on cuda:0"):
+        check_fits(p)
+    # PTQ of the same model fits a 24 GB GPU
+    ptq_recipe = Recipe.from_dict({"model": {"path": "x", "dtype": "bfloat16"}, "device": "cpu",
+                                   "data": {"seq_len": 512, "batch_size": 1}})
+    ptq = plan_recipe(ptq_recipe, info=info, device="cuda:0", capacity={"cuda:0": 24 << 30, "cpu": 64 << 30})
+    assert ptq.fits and ptq.stage("calibrate").peak_bytes < 20 << 30
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_lowbit_plan_json_and_a_refused_dry_run(tmp_path, tiny_llama_dir, text_file):
+    recipe = {"version": 1, "model": {"path": str(tiny_llama_dir)}, "mode": "qad", "device": "cpu",
+              "data": {"path": str(text_file), "seq_len": 64, "batch_size": 2}, "train": {"steps": 2}}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(recipe))
+    out = _cli("plan", str(f), "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    names = [s["name"] for s in plan["stages"]]
+    assert names[:4] == ["load", "calibrate", "evaluate", "train"]
+    assert all(s["peak_bytes"] > 0 for s in plan["stages"])
+    assert plan["total_peak_bytes"] == max(sum(s["per_device"].values()) for s in plan["stages"])
+    ok = _cli("run", str(f), "--dry-run")
+    assert ok.returncode == 0 and "fits" in ok.stdout, ok.stderr
+    small = _cli("plan", str(f), "--memory", "300MB", "--check")
+    assert small.returncode == 2
+    line = small.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: this run does not fit: stage") and "lowbit plan" in line
