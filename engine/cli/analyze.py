@@ -21,6 +21,7 @@ from ..events import CancelToken, ConsoleSink, StageStarted
 from ..fsutil import clean_json, write_json_atomic
 from ..io.data import batches, make_splits
 from ..io.model import load_model
+from . import paths
 
 DEFAULT_FORMATS = "nvfp4,mxfp4,int4_g128,int8,fp8_e4m3"
 
@@ -45,6 +46,10 @@ class _Session:
         self.device = resolve_device(args.device)
         self.sink = (lambda e: None) if args.quiet else ConsoleSink()
         self.cancel = CancelToken()
+        paths.model_folder(args.model, "--model")
+        paths.text_source(args.data, "--data")
+        paths.text_source(args.eval_data, "--eval-data")
+        self.out = paths.writable_folder(args.out, "--out")
         self.loaded = load_model(args.model, dtype=args.dtype, device=str(self.device),
                                  trust_remote_code=args.trust_remote_code)
         if self.loaded.tokenizer is None:
@@ -57,8 +62,6 @@ class _Session:
         self.layers = candidate_layers(self.loaded.model, args.include or ("*",), args.exclude or (),
                                        not args.no_default_exclusions,
                                        warn=lambda w: print(f"warning: {w}", file=sys.stderr))
-        self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
 
     def stage(self, name: str, total=None, detail: str = "") -> None:
         self.sink(StageStarted(name, total, detail))

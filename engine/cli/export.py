@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
+from ..errors import LowbitError
 from ..export import summary_line
 from ..pipeline.stages.export import export_run
+from . import paths
 
 FORMATS = ("compressed-tensors", "modelopt", "dense")
 
 
 def cmd_export(args) -> int:
-    result = export_run(args.run_dir, args.format, args.out, verify=not args.no_verify,
+    run_dir = paths.run_folder(args.run_dir, "RUN_DIR")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise LowbitError(f"--out {args.out} is a file; give a new or empty folder for the export")
+    paths.writable_folder(str(out.parent) if not out.exists() else str(out), "--out")
+    result = export_run(run_dir, args.format, args.out, verify=not args.no_verify,
                         max_shard_mb=args.max_shard_mb, device=args.device)
     if args.json:
         print(json.dumps(result, indent=2))

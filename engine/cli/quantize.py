@@ -7,7 +7,7 @@ from typing import Any, Dict
 from ..errors import LowbitError
 from ..io.demo import demo_available, demo_recipe_dict
 from ..recipe import Recipe
-from .run import run_and_report
+from .run import check_recipe_paths, run_and_report
 
 
 def _demo_recipe_from_args(args):
@@ -68,6 +68,7 @@ def recipe_from_args(args):
 
 def cmd_quantize(args) -> int:
     recipe = recipe_from_args(args)
+    check_recipe_paths(recipe, "--model", "--data", "--eval-data")
     return run_and_report(recipe, args.out, args.quiet)
 
 

@@ -21,6 +21,7 @@ from ..events import ConsoleSink
 from ..parallel import Dist, init_from_env, launched_by_torchrun, recipe_settings, teardown
 from ..pipeline import run
 from ..recipe import Recipe
+from . import paths
 from .common import print_summary
 
 
@@ -65,10 +66,8 @@ def _main(args) -> int:
     else:
         if not args.recipe or not args.out:
             raise LowbitError("give a recipe file and --out RUN_DIR, or --resume RUN_DIR")
-        run_dir = Path(args.out)
-        if (run_dir / "report.json").exists():
-            raise LowbitError(f"{run_dir} already holds a finished run (report.json); choose a new --out folder")
-        recipe = Recipe.load(args.recipe)
+        recipe = Recipe.load(paths.recipe_file(args.recipe, "RECIPE"))
+        run_dir = paths.writable_folder(args.out, "--out", new_run=True)
     return run_recipe(recipe, run_dir, resume=resume, strategy=args.strategy, teacher=args.teacher,
                       quiet=args.quiet)
 
