@@ -135,7 +135,7 @@ def layer_sqnr(rec: RunRecord) -> Dict[str, float]:
 @dataclass
 class LayerDiff:
     layers: List[str]  # the reference's layer order, then layers only later runs have
-    columns: List[str]  # "B - A" per compared run
+    columns: List[str]  # the compared runs; each column is that run minus the reference
     values: List[List[float]]  # [layer][column] SQNR difference in dB; NaN where a run lacks the layer
     sqnr: List[List[float]]  # [layer][run] the SQNR itself, reference first
 
@@ -153,7 +153,7 @@ def layer_diff(records: Sequence[RunRecord]) -> LayerDiff:
     nan = float("nan")
     ref = per_run[0] if per_run else {}
     labels = [run_label(r) for r in records]
-    columns = [f"{labels[i]} − {labels[0]}" for i in range(1, len(records))]
+    columns = labels[1:]  # each minus the reference (labels[0])
     values, sqnr = [], []
     for name in order:
         row = []

@@ -138,7 +138,8 @@ def _compare_section(records: Sequence[RunRecord]) -> str:
     if diff.layers and diff.columns:
         parts.append("<h2>Per-layer change</h2><p class=\"muted\">Weight SQNR of each layer minus the first run's, "
                      "in dB, in the first run's layer order: blue got better, red got worse.</p>")
-        parts.append(svg.heatmap(diff.layers, diff.columns, diff.values, "weight SQNR difference"))
+        parts.append(svg.heatmap(diff.layers, diff.columns, diff.values,
+                                 f"weight SQNR of each run minus {t.runs[0]} (dB)"))
     return "".join(parts)
 
 

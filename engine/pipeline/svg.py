@@ -40,7 +40,7 @@ class _Frame:
 
     def __init__(self, xs: Sequence[float], ys: Sequence[float], width: int, height: int, pad: float = 0.06):
         self.w, self.h = width, height
-        self.left, self.right, self.top, self.bottom = 64, 16, 28, 48
+        self.left, self.right, self.top, self.bottom = 64, 16, 40, 48
         x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
         y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
         dx, dy = (x1 - x0) or abs(x0) or 1.0, (y1 - y0) or abs(y0) or 1.0
@@ -90,7 +90,8 @@ def scatter_front(points: Sequence[Tuple[float, float, str, bool, bool]], title:
     if len(front) > 1:
         path = " ".join(f"{f.px(x):.1f},{f.py(y):.1f}" for x, y, *_ in front)
         body.append(f'<polyline points="{path}" fill="none" stroke="{FRONT}" stroke-width="2" stroke-dasharray="6 3"/>')
-    for x, y, label, on_front, mixed in points:
+    placed: List[Tuple[float, float]] = []  # label anchors already used: close labels step down
+    for x, y, label, on_front, mixed in sorted(points, key=lambda p: (p[1], p[0])):
         cx, cy = f.px(x), f.py(y)
         colour = FRONT if on_front else "#1f77b4"
         shape = (f'<rect x="{cx - 6:.1f}" y="{cy - 6:.1f}" width="12" height="12" fill="{colour}" stroke="#222"/>'
@@ -98,10 +99,14 @@ def scatter_front(points: Sequence[Tuple[float, float, str, bool, bool]], title:
         body.append(shape)
         anchor = "end" if cx > width * 0.7 else "start"
         dx = -9 if anchor == "end" else 9
-        body.append(f'<text x="{cx + dx:.1f}" y="{cy - 8:.1f}" text-anchor="{anchor}" font-size="11">{escape(label)}</text>')
-    lx = f.left + 8
-    body.append(f'<circle cx="{lx + 5}" cy="{f.top + 12}" r="5" fill="{FRONT}" stroke="#222"/>'
-                f'<text x="{lx + 14}" y="{f.top + 16}" font-size="11">Pareto front</text>')
+        ty = cy - 8
+        while any(abs(ty - py) < 12 and abs(cx - px) < 90 for px, py in placed):
+            ty += 12
+        placed.append((cx, ty))
+        body.append(f'<text x="{cx + dx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" font-size="11">{escape(label)}</text>')
+    lx = f.w - f.right - 100
+    body.append(f'<circle cx="{lx + 5}" cy="{f.top - 9}" r="5" fill="{FRONT}" stroke="#222"/>'
+                f'<text x="{lx + 14}" y="{f.top - 5}" font-size="11">Pareto front</text>')
     return _svg(width, height, body, title)
 
 
@@ -144,13 +149,14 @@ def heatmap(rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequen
     limit = limit or (max(finite) if finite else 1.0) or 1.0
     label_w, top = 230, 40
     n_cols = max(1, len(columns))
-    cell_w = max(30, min(160, (width - label_w - 20) // n_cols))
+    cell_w = max(30, min(200, (width - label_w - 20) // n_cols))
     height = top + cell_h * len(rows) + 60
     body = [f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
             f'<text x="{width / 2:.0f}" y="18" text-anchor="middle" font-size="14" font-weight="bold">{escape(title)}</text>']
     for j, c in enumerate(columns):
+        short = c if len(c) * 6 <= cell_w else c[:max(3, cell_w // 6 - 1)] + "…"
         body.append(f'<text x="{label_w + (j + 0.5) * cell_w:.0f}" y="{top - 6}" text-anchor="middle" font-size="10">'
-                    f'{escape(c[:40])}</text>')
+                    f'<title>{escape(c)}</title>{escape(short)}</text>')
     for i, name in enumerate(rows):
         y = top + i * cell_h
         body.append(f'<text x="{label_w - 6}" y="{y + cell_h - 3}" text-anchor="end" font-size="10">{escape(name)}</text>')

@@ -125,7 +125,11 @@ class ShipRow:
 
 def ship_rows(points: Sequence[TradePoint]) -> List[ShipRow]:
     """The size front from small to large; each row says for which budget / target it is the answer."""
-    front = sorted((p for p in points if p.front_size), key=lambda p: p.size_bytes)
+    front = []
+    for p in sorted((p for p in points if p.front_size), key=lambda p: p.size_bytes):
+        if front and front[-1].size_bytes == p.size_bytes and front[-1].value == p.value:
+            continue  # the same result twice (a repeated run): one row
+        front.append(p)
     rows = []
     for i, p in enumerate(front):
         nxt = front[i + 1].size_bytes if i + 1 < len(front) else None
