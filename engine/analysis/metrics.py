@@ -7,8 +7,12 @@ quantized) and the metrics accumulate per token:
 - causal LMs: perplexity of both (next-token cross-entropy over the batch's
   non-overlapping windows), mean KL(original || quantized) of the next-token
   distributions, and top-1 agreement;
-- encoders: cosine similarity and MSE of the final hidden states per token, and
-  the cosine of mean-pooled sentence embeddings.
+- encoders: the cosine of L2-normalised sentence embeddings (mean-pooled over the
+  attention mask, and CLS-pooled), cosine similarity and MSE of the final hidden
+  states per real token (engine.analysis.embedding).
+
+Batches are packed id tensors or padded ``Samples`` (engine.io.batch); padded
+positions are neither attended to nor counted.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.batch import model_inputs
 from ..parallel import Dist
 from ..parallel.wrap import is_sharded
 from ..quant.select import quantization_disabled
+from .embedding import EmbeddingStats
 
 
-def _forward(model: nn.Module, ids: torch.Tensor, kind: str) -> torch.Tensor:
-    out = model(input_ids=ids)
+def _forward(model: nn.Module, batch, kind: str) -> torch.Tensor:
+    out = model(**model_inputs(batch))
     return out.logits if kind == "causal-lm" else out.last_hidden_state
 
 
@@ -40,15 +46,20 @@ class LMStats:
         self.kl = 0.0
         self.agree = 0
 
-    def add(self, ids: torch.Tensor, ref_logits: torch.Tensor, q_logits: Optional[torch.Tensor]) -> None:
+    def add(self, ids: torch.Tensor, ref_logits: torch.Tensor, q_logits: Optional[torch.Tensor],
+            mask: Optional[torch.Tensor] = None) -> None:
         targets = ids[:, 1:].reshape(-1)
         ref = ref_logits[:, :-1].float().reshape(-1, ref_logits.shape[-1])
+        q = q_logits[:, :-1].float().reshape(-1, q_logits.shape[-1]) if q_logits is not None else None
+        if mask is not None:  # only real next tokens are scored (a padded tail is not)
+            keep = mask[:, 1:].reshape(-1).bool().to(targets.device)
+            targets, ref = targets[keep], ref[keep]
+            q = q[keep] if q is not None else None
         ref_logp = F.log_softmax(ref, -1)
         self.tokens += targets.numel()
         self.nll_ref += F.nll_loss(ref_logp, targets, reduction="sum").item()
-        if q_logits is None:
+        if q is None:
             return
-        q = q_logits[:, :-1].float().reshape(-1, q_logits.shape[-1])
         q_logp = F.log_softmax(q, -1)
         self.nll_q += F.nll_loss(q_logp, targets, reduction="sum").item()
         self.kl += F.kl_div(q_logp, ref_logp, log_target=True, reduction="sum").item()
@@ -70,36 +81,7 @@ def _ppl(nll: float, tokens: int) -> float:
     return math.exp(v) if v < 700 else float("inf")
 
 
-class EncoderStats:
-    def __init__(self):
-        self.tokens = 0
-        self.sentences = 0
-        self.cos_sum = 0.0
-        self.sq_err = 0.0
-        self.ref_sq = 0.0
-        self.elems = 0
-        self.pooled_cos_sum = 0.0
-
-    def add(self, ids, ref_h: torch.Tensor, q_h: Optional[torch.Tensor]) -> None:
-        if q_h is None:
-            return
-        ref_h, q_h = ref_h.float(), q_h.float()
-        self.cos_sum += F.cosine_similarity(ref_h, q_h, dim=-1).sum().item()
-        self.tokens += ref_h.shape[0] * ref_h.shape[1]
-        self.sq_err += (ref_h - q_h).pow(2).sum().item()
-        self.ref_sq += ref_h.pow(2).sum().item()
-        self.elems += ref_h.numel()
-        self.pooled_cos_sum += F.cosine_similarity(ref_h.mean(1), q_h.mean(1), dim=-1).sum().item()
-        self.sentences += ref_h.shape[0]
-
-    def baseline(self) -> Dict[str, float]:
-        return {"cosine": 1.0, "mse": 0.0, "embedding_cosine": 1.0}
-
-    def quantized(self) -> Dict[str, float]:
-        n = max(1, self.tokens)
-        return {"cosine": self.cos_sum / n, "mse": self.sq_err / max(1, self.elems),
-                "relative_mse": self.sq_err / max(1e-30, self.ref_sq),
-                "embedding_cosine": self.pooled_cos_sum / max(1, self.sentences), "tokens": self.tokens}
+EncoderStats = EmbeddingStats  # the encoder metrics live in engine.analysis.embedding
 
 
 @torch.no_grad()
@@ -143,7 +125,8 @@ def evaluate(model: nn.Module, batches: Iterable[torch.Tensor], kind: str, devic
                 with quantization_disabled(model):
                     ref = _forward(model, ids, kind)
             q = _forward(model, ids, kind) if compare else None
-            stats.add(ids, ref, q)
+            inputs = model_inputs(ids)
+            stats.add(inputs["input_ids"], ref, q, inputs.get("attention_mask"))
             if on_batch:
                 on_batch(i + 1)
     finally:

@@ -33,6 +33,8 @@ import torch
 
 from engine.errors import DataError
 
+from .batch import Samples, pad_id
+
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".json")
 # Long documents are handed to the tokenizer in pieces of about this many
@@ -217,12 +219,31 @@ def count_tokens(tokenizer: Any, texts: list[str]) -> int:
     return len(_token_stream(tokenizer, texts))
 
 
+def document_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer itself puts before a text: its BOS when it adds one (Llama-style), else none.
+
+    Packed blocks start each document the way the tokenizer would start it alone, so a model
+    trained with a BOS at document starts sees one there; tokenizers that add no BOS (GPT-2
+    style, this project's byte-level BPE) get nothing."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if not isinstance(bos, int):
+        return []
+    try:
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    except Exception:  # a tokenizer that cannot encode a probe adds nothing we can see
+        return []
+    return [bos] if with_special[:1] == [bos] and plain[:1] != [bos] else []
+
+
 def _token_stream(tokenizer: Any, texts: list[str]) -> list[int]:
     sep = _separator_id(tokenizer)
+    prefix = document_prefix(tokenizer)
     stream: list[int] = []
     for index, text in enumerate(texts):
         if index and sep is not None:
             stream.append(sep)
+        stream.extend(prefix)
         pieces = _pieces(text)
         encoded = tokenizer(pieces, add_special_tokens=False, verbose=False)["input_ids"]
         for ids in encoded:
@@ -308,7 +329,7 @@ def make_splits(
     blocks = blocks[torch.randperm(blocks.shape[0], generator=generator)]
 
     if eval_path is not None:
-        eval_blocks = tokenize_blocks(tokenizer, load_texts(eval_path, text_field), seq_len)
+        eval_blocks = _eval_blocks(tokenizer, load_texts(eval_path, text_field), seq_len)
         pool = blocks
     else:
         if not 0.0 < float(eval_fraction) < 1.0:
@@ -331,6 +352,19 @@ def make_splits(
         seq_len=seq_len,
         seed=int(seed),
     )
+
+
+def _eval_blocks(tokenizer: Any, texts: list[str], seq_len: int):
+    """Blocks of the evaluation data; data shorter than one block becomes one right-padded block
+    with an attention mask (a Samples set), so no token attends to, or is scored on, padding."""
+    stream = _token_stream(tokenizer, texts)
+    if len(stream) >= seq_len or not stream:
+        return tokenize_blocks(tokenizer, texts, seq_len)
+    ids = torch.full((1, seq_len), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((1, seq_len), dtype=torch.long)
+    ids[0, :len(stream)] = torch.tensor(stream, dtype=torch.long)
+    mask[0, :len(stream)] = 1
+    return Samples(ids, mask)
 
 
 def batches(blocks: torch.Tensor, batch_size: int, n_batches: int | None = None) -> list[torch.Tensor]:

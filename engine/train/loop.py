@@ -36,7 +36,7 @@ from ..parallel import Dist
 from ..parallel.checkpoint import is_sharded_checkpoint, load_checkpoint as load_sharded_checkpoint
 from ..parallel.checkpoint import save_checkpoint as save_sharded_checkpoint
 from ..statefile import cpu_state_dict, save_state
-from ..io.samples import model_inputs, token_mask
+from ..io.batch import model_inputs, token_mask
 from .losses import LossComposer, set_student_mode, student_randomness
 from .precision import MasterWeights
 from .vocab_loss import HeadOutput, forward_without_logits
