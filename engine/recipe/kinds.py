@@ -157,6 +157,23 @@ class _Float(_Number):
         return number
 
 
+class _FloatOrAuto(_Float):
+    """A bounded number, or the word 'auto' (the engine picks the value)."""
+
+    def describe(self) -> str:
+        return super().describe() + " or 'auto'"
+
+    def _parse(self, value, key):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise self.wrong(value, key) from None
+        return super()._parse(value, key)
+
+
 class _Str(_Kind):
     """A string with something in it besides spaces (stored as written)."""
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import RecipeError
 from . import text
-from .kinds import (CUSTOM_SCHEME, NO_FORMAT, SCHEMA_VERSION, _Bool, _build, _Choice, _Device, _dump, _Float,
+from .kinds import (_FloatOrAuto, CUSTOM_SCHEME, NO_FORMAT, SCHEMA_VERSION, _Bool, _build, _Choice, _Device, _dump, _Float,
                     _FormatName, _Int, _List, _Nested, _opt, _required, _SchemeName, _section, _Section, _settable_keys,
                     _show, _Str, _unknown_key, _Version, register_root)
 
@@ -48,6 +48,11 @@ class DataSection(_Section):
     eval_batches: int = _opt(8, _Int(ge=1), "batches each evaluation sees")
     eval_fraction: float = _opt(0.1, _Float(gt=0, le=0.5),
                                 "share of data.path held out for evaluation when eval_path is null")
+    samples: str = _opt("auto", _Choice("auto", "packed", "lines"),
+                        "how text becomes samples: 'lines' = one per non-blank line or JSON record, with the "
+                        "tokenizer's special tokens, padded per batch with an attention mask (how encoders are "
+                        "used); 'packed' = running text cut into seq_len blocks (BOS at document starts where "
+                        "the tokenizer adds one); auto = lines for encoders, packed for causal LMs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,11 +109,18 @@ class TrainSection(_Section):
     _key: ClassVar[str] = "train"
 
     steps: int = _opt(200, _Int(ge=1), "optimizer steps")
-    lr: float = _opt(1e-4, _Float(gt=0), "peak learning rate")
+    lr: Any = _opt(1e-4, _FloatOrAuto(gt=0),
+                   "peak learning rate; 'auto' = probe train.lr_candidates for train.lr_probe_steps steps each on "
+                   "a held-out slice of the training data and keep the best")
+    lr_candidates: Tuple[float, ...] = _opt((1e-5, 3e-5, 1e-4, 3e-4, 1e-3), _List(_Float(gt=0), "numbers", min_len=1),
+                                            "learning rates train.lr 'auto' tries")
+    lr_probe_steps: int = _opt(20, _Int(ge=1), "steps per candidate of train.lr 'auto'")
     weight_decay: float = _opt(0.0, _Float(ge=0), "AdamW weight decay")
     warmup_steps: int = _opt(10, _Int(ge=0), "linear warm-up steps before the schedule")
     schedule: str = _opt("cosine", _Choice("cosine", "constant", "linear"), "learning-rate schedule after warm-up")
-    batch_size: Optional[int] = _opt(None, _Int(ge=1, optional=True), "samples per step; null = data.batch_size")
+    batch_size: Optional[int] = _opt(None, _Int(ge=1, optional=True),
+                                     "samples per step; null = the model kind's default: 32 sentences for "
+                                     "encoders, data.batch_size blocks for causal LMs")
     grad_accum: int = _opt(1, _Int(ge=1), "micro-batches accumulated per step")
     grad_clip: float = _opt(1.0, _Float(ge=0), "gradient norm clip; 0 = off")
     eval_every: int = _opt(50, _Int(ge=0), "steps between evaluations; 0 = only at the end")
@@ -116,11 +128,31 @@ class TrainSection(_Section):
     kd_temperature: float = _opt(1.0, _Float(gt=0), "softmax temperature of the distillation loss")
     kd_alpha: float = _opt(1.0, _Float(ge=0, le=1), "weight of distillation against the task loss (QAD)")
     kd_hidden_weight: float = _opt(0.0, _Float(ge=0), "weight of the hidden-state matching loss (QAD)")
+    kd_alpha_final: Optional[float] = _opt(None, _Float(ge=0, le=1, optional=True),
+                                           "anneal kd_alpha to this value over the run; null = constant kd_alpha")
+    kd_anneal: str = _opt("linear", _Choice("linear", "cosine"), "how kd_alpha moves to kd_alpha_final")
+    kd_hidden_layers: Tuple[int, ...] = _opt((), _List(_Int(), "integers"),
+                                             "blocks the hidden-state loss aligns, from 1 (-1 = the last); "
+                                             "empty = all")
+    scale_penalty: float = _opt(0.0, _Float(ge=0),
+                                "weight of the penalty on learned scales growing above their calibrated value "
+                                "(with learnable_scales)")
+    dropout: str = _opt("auto", _Choice("auto", "on", "off"),
+                        "the student's dropout and other train-only randomness; auto = off for QAD (the teacher "
+                        "is deterministic, a noisy student chases the noise) and for QAT (measured: a short "
+                        "fine-tune of a trained model recovers more without it)")
+    early_stop_patience: int = _opt(0, _Int(ge=0),
+                                    "stop after this many evaluations in a row worse than PTQ (eval metric, or "
+                                    "recent training loss above the first step's) and keep the best state; 0 = off")
     learnable_scales: bool = _opt(False, _Bool(), "train the calibrated scales too")
     gradient_checkpointing: bool = _opt(False, _Bool(), "recompute activations in backward to save memory")
     master_weights: bool = _opt(True, _Bool(),
                                 "a bf16/fp16 student keeps fp32 master weights for AdamW (4 bytes per parameter), "
                                 "so small updates are not rounded away")
+    chunked_vocab_loss: bool = _opt(True, _Bool(),
+                                    "causal LMs in one process: apply the LM head and the vocabulary loss a chunk of "
+                                    "tokens at a time (same values, far less memory); off = whole logits, the path "
+                                    "torchrun runs take")
     early_stop_perplexity: Optional[float] = _opt(None, _Float(gt=0, optional=True),
                                                   "stop once evaluation perplexity is at or below this")
     teacher_device: Optional[str] = _opt(None, _Device(optional=True),

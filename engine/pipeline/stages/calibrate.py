@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...io.batch import model_inputs
 from ... import calib
 from ...parallel.sync import sync_amax, sync_calibration
 from ...quant.select import quant_layers
@@ -21,7 +22,7 @@ def calibrate_stage(ctx: RunContext) -> None:
     with ctx.stage("calibrate", len(batches), detail=f"{len(batches)} batches") as prog:
         def loop(m):
             for ids in batches:
-                m(input_ids=ids.to(ctx.device))
+                m(**model_inputs(ids, ctx.device))
                 prog.step()
 
         calib.calibrate_activations(model, loop, r.calibration.method, r.calibration.percentile,

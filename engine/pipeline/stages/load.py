@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...errors import LowbitError
 from ...io.data import make_splits
+from ...io.samples import make_sample_splits
 from ...io.demo import resolve_data_paths
 from ...io.model import describe_model, load_model
 from ..context import RunContext
@@ -22,10 +23,15 @@ def load_stage(ctx: RunContext) -> None:
         data_path, eval_path = resolve_data_paths(r)
         if data_path is None:
             raise LowbitError("the recipe has no data.path: choose a text file, a folder of .txt files or a .jsonl file")
-        ctx.splits = make_splits(ctx.loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
-                                 text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
+        samples = r.data.samples if r.data.samples != "auto" else (
+            "lines" if ctx.loaded.kind == "encoder" else "packed")
+        split = make_sample_splits if samples == "lines" else make_splits
+        ctx.splits = split(ctx.loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
+                           text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
         ctx.report["data"] = {"path": str(data_path), "eval_path": eval_path, "seq_len": r.data.seq_len,
+                              "samples": samples,
                               "calib_blocks": int(ctx.splits.calib.shape[0]),
                               "eval_blocks": int(ctx.splits.eval.shape[0])}
-        ctx.log(f"data: {ctx.splits.calib.shape[0]} blocks for calibration/training, "
-                f"{ctx.splits.eval.shape[0]} for evaluation, {r.data.seq_len} tokens each")
+        unit = ("sentences (one per line, padded per batch, at most " if samples == "lines" else "blocks (")
+        ctx.log(f"data: {ctx.splits.calib.shape[0]} {unit.split(' ')[0]} for calibration/training, "
+                f"{ctx.splits.eval.shape[0]} for evaluation; {unit}{r.data.seq_len} tokens each)")

@@ -7,6 +7,7 @@ from ...devices import resolve_device
 from ...parallel.wrap import wrap_student, wrap_teacher
 from ...quant.select import quantizers
 from ...train import Trainer, frozen_original, settings_from_recipe
+from ...train.lr_probe import probe_lr
 from ..context import RunContext
 
 
@@ -19,7 +20,7 @@ def train_stage(ctx: RunContext) -> None:
     if dist.active and teacher_device.type == "cuda":
         teacher_device = ctx.device  # one GPU per rank: the rank's own
     teacher = frozen_original(model, teacher_device)
-    settings = settings_from_recipe(r)
+    settings = settings_from_recipe(r, ctx.loaded.kind)
     if r.train.learnable_scales:
         qs = [q for q in quantizers(model) if q.enabled]
         learned = sum(q.enable_learnable_scale() for q in qs)
@@ -39,8 +40,24 @@ def train_stage(ctx: RunContext) -> None:
         res = evaluate(model, eval_batches, ctx.loaded.kind, ctx.device, reference=teacher, dist=dist)
         return {k: v for k, v in res["quantized"].items() if k != "tokens"}
 
+    if r.train.lr == "auto" and ctx.resume_from is None:
+        with ctx.stage("probe learning rate", len(r.train.lr_candidates),
+                       detail=f"{len(r.train.lr_candidates)} rates x {r.train.lr_probe_steps} steps"):
+            best, scores = probe_lr(student, teacher, ctx.loaded.kind, ctx.splits.train, settings,
+                                    r.train.lr_candidates, r.train.lr_probe_steps, ctx.device, ctx.sink, ctx.cancel,
+                                    dist=dist, log=ctx.log)
+        ctx.report["lr_probe"] = {"chosen": best, "held_out_loss": {f"{k:g}": v for k, v in scores.items()}}
+        ctx.metric("train", "lr_probe_chosen", best)
+        ctx.log(f"learning rate: {best:g} (the lowest held-out loss of {len(scores)} probed)")
+        settings = settings_from_recipe(r, ctx.loaded.kind, lr=best)
+    elif r.train.lr == "auto":  # a resumed run keeps the rate its first part chose
+        chosen = (ctx.report.get("lr_probe") or {}).get("chosen")
+        settings = settings_from_recipe(r, ctx.loaded.kind, lr=chosen or r.train.lr_candidates[0])
+    ctx.report["train_settings"] = {"lr": settings.lr, "batch_size": settings.batch_size,
+                                    "warmup_steps": settings.warmup_steps, "dropout": settings.dropout}
     trainer = Trainer(student, teacher, ctx.loaded.kind, ctx.splits.train, settings, ctx.device, ctx.sink,
-                      ctx.cancel, checkpoint_dir=ctx.run_dir / "checkpoints", evaluate=eval_fn, dist=dist)
+                      ctx.cancel, checkpoint_dir=ctx.run_dir / "checkpoints", evaluate=eval_fn, dist=dist,
+                      ptq=ctx.report.get("ptq"))
     resume_from = ctx.resume_from
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
