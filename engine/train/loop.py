@@ -70,6 +70,8 @@ class TrainSettings:
     early_stop_patience: int = 0  # stop after this many evaluations worse than PTQ; 0 = off
     # issue 16: a bf16 / fp16 student's optimizer updates fp32 master copies (engine/train/precision.py)
     master_weights: bool = True
+    # causal LMs in one process: the vocabulary loss a chunk of tokens at a time (engine.train.vocab_loss)
+    chunked_vocab_loss: bool = True
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -181,7 +183,7 @@ class Trainer:
         need_hidden = self.losses.needs_hidden_states
         # causal LMs: the final hidden states and the head, which the chunked vocabulary loss applies
         # a chunk of tokens at a time (engine.train.vocab_loss), instead of all logits at once
-        chunked = self.kind == "causal-lm" and not self.dist.active
+        chunked = self.kind == "causal-lm" and self.s.chunked_vocab_loss and not self.dist.active
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = forward_without_logits(self.student, inputs, need_hidden) if chunked else None
             if out is None:
