@@ -26,7 +26,11 @@ from .catalog import model_bytes, scheme_rows
 from .dialogs import ErrorDialog
 from .panels.common import human_bytes
 from .panels.data_panel import DataPanel
+from .library import LibraryController
+from .panels.compare_panel import ComparePanel
 from .panels.export_panel import ExportPanel
+from .panels.library_panel import LibraryPanel
+from .panels.sweep_panel import SweepPanel
 from .panels.format_panel import FormatPanel
 from .panels.mode_panel import ModePanel
 from .panels.model_panel import ModelPanel
@@ -39,7 +43,7 @@ from .state import RecipeState
 from .worker import RunController, TaskSlot
 
 STEPS = [("model", "Model"), ("data", "Data"), ("format", "Format"), ("mode", "Mode"), ("run", "Run"),
-         ("results", "Results"), ("export", "Export")]
+         ("results", "Results"), ("export", "Export"), ("library", "Runs"), ("compare", "Compare"), ("sweep", "Sweep")]
 DATA_KEYS = {"train": "data.path", "eval": "data.eval_path"}
 RECIPE_FILTER = "Recipes (*.yaml *.yml *.json)"
 DATA_FILTER = "Text data (*.txt *.text *.md *.jsonl *.jsonlines *.json);;All files (*)"
@@ -79,14 +83,17 @@ class MainWindow(QMainWindow):
         self.device_task = TaskSlot("devices", self)
         self.compare_task = TaskSlot("compare", self)
         self.export_task = TaskSlot("export", self)
+        self.plan_task = TaskSlot("memory-plan", self)
         self.runner = RunController(self)
 
         self._build_pages()
         self._build_menus()
         self._build_status_bar()
         self._connect()
+        self.library = LibraryController(self)  # the Runs, Compare and Sweep steps
         self._restore()
         self.device_task.start(jobs.list_devices)
+        self.library.rescan()
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._on_system_scheme_changed)
         self.restyle()
 
@@ -101,9 +108,13 @@ class MainWindow(QMainWindow):
         self.run_panel = RunPanel(self.state)
         self.results_panel = ResultsPanel()
         self.export_panel = ExportPanel(self.state)
+        self.library_panel = LibraryPanel()
+        self.compare_panel = ComparePanel()
+        self.sweep_panel = SweepPanel([row.name for row in scheme_rows()])
         self.pages = {"model": self.model_panel, "data": self.data_panel, "format": self.format_panel,
                       "mode": self.mode_panel, "run": self.run_panel, "results": self.results_panel,
-                      "export": self.export_panel}
+                      "export": self.export_panel, "library": self.library_panel, "compare": self.compare_panel,
+                      "sweep": self.sweep_panel}
         for i, (key, title) in enumerate(STEPS):
             self.steps.add_step(key, f"{i + 1}  {title}")
             self.stack.addWidget(self.pages[key])
@@ -196,6 +207,8 @@ class MainWindow(QMainWindow):
         self.format_panel.layer_choice.connect(self._on_layer_choice)
 
         self.device_task.succeeded.connect(self.run_panel.set_devices)
+        self.plan_task.succeeded.connect(self.run_panel.show_memory_plan)
+        self.plan_task.failed.connect(lambda m, d: self.run_panel.show_memory_plan({"error": m}))
         self.run_panel.start_requested.connect(self.start_run)
         self.run_panel.cancel_requested.connect(self.cancel_run)
         self.run_panel.browse_runs_requested.connect(self.choose_runs_dir)
@@ -412,12 +425,16 @@ class MainWindow(QMainWindow):
             "run": "running…" if running else ("ready" if ready else "not ready"),
             "results": self._results_subtitle(),
             "export": export or "none",
+            "library": "all runs",
+            "compare": "runs side by side",
+            "sweep": "which format to ship",
         }
         for i, (key, _) in enumerate(STEPS):
-            self.steps.set_subtitle(i, subtitles[key])
+            self.steps.set_subtitle(i, subtitles.get(key, ""))
         train = ""
         if mode in ("qat", "qad"):
-            train = f", {s.get('train.steps'):,} steps at lr {s.get('train.lr'):.3g}"
+            lr = s.get('train.lr')
+            train = f", {s.get('train.steps'):,} steps at lr {lr if isinstance(lr, str) else format(lr, '.3g')}"
         evals = s.get("data.eval_path")
         self.run_panel.set_summary({
             "model": (f"{info['name']} ({info['architecture']}, {info['n_params']:,} parameters)" if info
@@ -429,6 +446,18 @@ class MainWindow(QMainWindow):
             "mode": (mode.upper() + train, True),
             "export": (export or "no export", True),
         })
+        self._refresh_memory_plan()
+
+    def _refresh_memory_plan(self) -> None:
+        """Plan the recipe's memory in the background (from the meta-device model: no weights read)."""
+        inspected = getattr(self.model_info, "inspected", None) if self.model_info else None
+        if inspected is None or self.runner.running:
+            return
+        try:
+            recipe = self.state.recipe()
+        except Exception:  # an incomplete recipe (no data yet): no plan until it is whole
+            return
+        self.plan_task.start(jobs.memory_plan, recipe, inspected)
 
     def _results_subtitle(self) -> str:
         r = self.last_report
@@ -588,6 +617,7 @@ class MainWindow(QMainWindow):
     def _on_running_changed(self, running: bool) -> None:
         if not running:
             self.status_progress.setVisible(False)
+        self.library.rescan()  # the run appears (running), then shows how it ended
         self._refresh()
 
     @Slot(object)
@@ -730,6 +760,7 @@ class MainWindow(QMainWindow):
     def shutdown(self, timeout_ms: int = 60_000) -> bool:
         """Cancel every run and task and join their threads."""
         ok = self.runner.shutdown(timeout_ms)
+        ok = self.library.shutdown(timeout_ms) and ok
         for slot in (self.model_task, self.device_task, self.compare_task, self.export_task,
                      *self.data_tasks.values()):
             ok = slot.shutdown(timeout_ms) and ok

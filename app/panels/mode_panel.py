@@ -6,8 +6,8 @@ from typing import Dict, List, Optional
 
 from PySide6.QtCore import Qt
 
-from PySide6.QtWidgets import (QButtonGroup, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QRadioButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
 from .. import theme
 from ..state import RecipeState
@@ -31,6 +31,17 @@ def _form(box: QGroupBox) -> QFormLayout:
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
     form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
     return form
+
+
+def _int_list(text) -> list:
+    """'1, -1' -> [1, -1]; what is not a whole number is left out."""
+    out = []
+    for part in (text or "").replace(";", ",").split(","):
+        try:
+            out.append(int(part.strip()))
+        except ValueError:
+            continue
+    return out
 
 
 class ModePanel(Page):
@@ -83,6 +94,13 @@ class ModePanel(Page):
             method.addItem(label, value)
         form.addRow("Calibration method:", bind(method, state, "calibration.method",
                                                  "How static scales are chosen from the values seen."))
+        samples = QComboBox()
+        for value, label in (("auto", "auto: sentences for encoders, blocks for LMs"),
+                             ("lines", "one sample per line (padded, with masks)"),
+                             ("packed", "packed blocks of running text")):
+            samples.addItem(label, value)
+        form.addRow("Samples:", bind(samples, state, "data.samples",
+                                      "How text becomes samples. Encoders are used one sentence at a time."))
         form.addRow("Seed:", bind(spin(0, 2**31 - 1), state, "seed",
                                    "Same seed, same data order and results."))
         left.addWidget(data)
@@ -93,7 +111,28 @@ class ModePanel(Page):
         form.addRow("Steps:", bind(spin(1, 10_000_000, 50), state, "train.steps",
                                     "Optimizer steps. More steps recover more quality and take longer."))
         form.addRow("Learning rate:", bind(SciSpinBox(), state, "train.lr",
-                                            "Peak learning rate. Small values (1e-5 … 1e-4) are safest."))
+                                            "Peak learning rate. Small values (1e-5 … 1e-4) are safest.",
+                                            from_recipe=lambda v: v if isinstance(v, float) else 1e-4))
+        self.lr_auto = bind(QCheckBox("Probe automatically"), state, "train.lr",
+                            "Tries a few learning rates for a few steps on held-out data and keeps the best.",
+                            to_recipe=lambda on: "auto" if on else 1e-4, from_recipe=lambda v: v == "auto")
+        form.addRow("", self.lr_auto)
+        batch = spin(0, 65536)
+        batch.setSpecialValueText("auto (by model kind)")
+        form.addRow("Training batch:", bind(batch, state, "train.batch_size",
+                                             "Samples per optimizer step; auto = 32 sentences for encoders.",
+                                             to_recipe=lambda v: v or None, from_recipe=lambda v: v or 0))
+        dropout = QComboBox()
+        for value, label in (("auto", "auto: off, like the teacher"), ("off", "off"), ("on", "on (as in pre-training)")):
+            dropout.addItem(label, value)
+        form.addRow("Dropout:", bind(dropout, state, "train.dropout",
+                                      "The quantized model trains deterministic by default, like the original."))
+        form.addRow("Stop if worse than PTQ for:", bind(spin(0, 1000), state, "train.early_stop_patience",
+                                                         "Evaluations in a row (0 = never stop early); the best "
+                                                         "state is kept."))
+        form.addRow("Scale penalty:", bind(fspin(0.0, 100.0, 0.01, 3), state, "train.scale_penalty",
+                                            "With learnable scales: how strongly scales are kept near "
+                                            "their calibrated values."))
         form.addRow("Warm-up steps:", bind(spin(0, 1_000_000), state, "train.warmup_steps",
                                             "Steps during which the learning rate ramps up from zero."))
         form.addRow("Gradient accumulation:", bind(spin(1, 4096), state, "train.grad_accum",
@@ -109,6 +148,24 @@ class ModePanel(Page):
         kd.addRow("Distillation weight (alpha):", bind(fspin(0.0, 1.0, 0.1), state, "train.kd_alpha",
                                                         "1 = learn only from the original model; "
                                                         "0 = only from the text (like QAT)."))
+        final = fspin(-0.01, 1.0, 0.1)
+        final.setSpecialValueText("constant")
+        kd.addRow("Anneal alpha to:", bind(final, state, "train.kd_alpha_final",
+                                            "The distillation weight moves from alpha to this over the run.",
+                                            to_recipe=lambda v: None if v < 0 else v,
+                                            from_recipe=lambda v: -0.01 if v is None else v))
+        anneal = QComboBox()
+        for value in ("linear", "cosine"):
+            anneal.addItem(value, value)
+        kd.addRow("Annealing:", bind(anneal, state, "train.kd_anneal", "How alpha moves to its final value."))
+        kd.addRow("Hidden-state weight:", bind(fspin(0.0, 100.0, 0.1), state, "train.kd_hidden_weight",
+                                                "Also align the layers' hidden states with the original's "
+                                                "(0 = off)."))
+        layers = QLineEdit()
+        layers.setPlaceholderText("all layers")
+        kd.addRow("Aligned layers:", bind(layers, state, "train.kd_hidden_layers",
+                                           "Comma-separated block numbers from 1 (-1 = the last); empty = all.",
+                                           to_recipe=_int_list, from_recipe=lambda v: ", ".join(map(str, v or ()))))
         right.addWidget(self.train_box)
         right.addWidget(self.kd_box)
         right.addStretch(1)

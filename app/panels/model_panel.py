@@ -9,6 +9,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QMenu, QToolButton,
                                QVBoxLayout, QWidget)
 
+from engine.io.demo import DEMO_NAMES, demo_data, demo_encoder_recipe_dict, demo_recipe_dict, demo_sentences
+
 from ..jobs import ModelInfo
 from ..state import RecipeState
 from .common import Page, PathField, StatusLine, bind, human_count
@@ -46,6 +48,18 @@ class ModelPanel(Page):
         self.recent_menu = QMenu(self)
         self.recent_button.setMenu(self.recent_menu)
         self.path.layout().addWidget(self.recent_button)
+        self.demo_button = QToolButton()
+        self.demo_button.setText("Demos")
+        self.demo_button.setMinimumWidth(84)
+        self.demo_button.setToolTip("The small models that ship with Lowbit Studio: a Llama-style causal LM and a "
+                                    "BERT-style sentence encoder (dropout 0.1), both trained on Python's docs")
+        self.demo_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        demo_menu = QMenu(self)
+        self._state = state
+        demo_menu.addAction("Demo Llama (causal LM, W2A16-INT2)", lambda: self._open_demo("demo"))
+        demo_menu.addAction("Demo encoder (BERT-style, W4A4-NVFP4)", lambda: self._open_demo("demo-encoder"))
+        self.demo_button.setMenu(demo_menu)
+        self.path.layout().addWidget(self.demo_button)
         self.content.addWidget(self.path)
         self.status = StatusLine()
         self.status.show_text("No model yet.")
@@ -123,3 +137,15 @@ class ModelPanel(Page):
     def restyle(self) -> None:
         super().restyle()
         self.status.restyle()
+
+    def _open_demo(self, name: str) -> None:
+        """Open a shipped demo model with its own data (small text files written once into the cache folder),
+        scheme and sequence length."""
+        recipe = demo_encoder_recipe_dict() if name == "demo-encoder" else demo_recipe_dict()
+        train, evals = demo_sentences() if name == "demo-encoder" else demo_data()
+        for key, value in (("data.path", str(train)), ("data.eval_path", str(evals)),
+                           ("data.seq_len", recipe["data"]["seq_len"]),
+                           ("quant.scheme", recipe["quant"]["scheme"]), ("mode", "qad")):
+            self._state.set(key, value)
+        self.open_requested.emit(str(DEMO_NAMES[name]))
+
