@@ -34,12 +34,13 @@ LAST_DATA_DIR = Key("paths/last_data_dir", str, "", "Where the data file dialog 
 LAST_RECIPE_DIR = Key("paths/last_recipe_dir", str, "", "Where the recipe dialogs open")
 LAST_EXPORT_DIR = Key("paths/last_export_dir", str, "", "Where the export folder dialog opens")
 RUNS_DIR = Key("paths/runs_dir", str, str(Path.home() / "lowbit-runs"), "Folder that receives run folders")
+LIBRARY_DIRS = Key("paths/library_dirs", list, [], "Folders of runs the Runs step lists besides the runs folder")
 THEME = Key("view/theme", str, "system", "system, light or dark")
 GEOMETRY = Key("window/geometry", QByteArray, QByteArray(), "Main window geometry")
 WINDOW_STATE = Key("window/state", QByteArray, QByteArray(), "Main window toolbars and docks")
 
-ALL_KEYS = (RECENT_MODELS, LAST_MODEL_DIR, LAST_DATA_DIR, LAST_RECIPE_DIR, LAST_EXPORT_DIR, RUNS_DIR, THEME,
-            GEOMETRY, WINDOW_STATE)
+ALL_KEYS = (RECENT_MODELS, LAST_MODEL_DIR, LAST_DATA_DIR, LAST_RECIPE_DIR, LAST_EXPORT_DIR, RUNS_DIR, LIBRARY_DIRS,
+            THEME, GEOMETRY, WINDOW_STATE)
 
 
 class Settings:

@@ -17,6 +17,7 @@ every run, so a sweep that stops part-way still shows what it finished.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
