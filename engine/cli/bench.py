@@ -7,7 +7,7 @@ import json
 
 from ..analysis.kernels import bench_kernels
 from ..errors import LowbitError
-from ..io.demo import demo_recipe_dict
+from ..io.demo import demo_encoder_recipe_dict, demo_recipe_dict
 from ..io.model import load_model
 from ..pipeline.recovery import format_table, recovery
 from ..pipeline.trainbench import bench_train
@@ -58,10 +58,12 @@ def cmd_bench_train(args) -> int:
 def cmd_bench_recovery(args) -> int:
     if args.demo:
         recipe = Recipe.from_dict(demo_recipe_dict("qad"))
+    elif args.demo_encoder:
+        recipe = Recipe.from_dict(demo_encoder_recipe_dict("qad"))
     elif args.recipe:
         recipe = Recipe.load(args.recipe)
     else:
-        raise LowbitError("give a recipe file or --demo")
+        raise LowbitError("give a recipe file, --demo or --demo-encoder")
     updates = {k: v for k, v in (("quant.scheme", args.scheme), ("train.steps", args.steps), ("train.lr", args.lr))
                if v is not None}
     if updates:
@@ -90,9 +92,12 @@ def register(sub) -> None:
     bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 6 warm-up)")
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_bench_train)
-    br = bsub.add_parser("recovery", help="PTQ vs QAT vs QAD vs plain fine-tuning at the same step budget")
+    br = bsub.add_parser("recovery", help="PTQ vs QAT vs QAD vs plain fine-tuning at the same step budget "
+                                          "(encoders: PTQ vs QAD, sentence-embedding cosine)")
     br.add_argument("recipe", nargs="?", help="recipe file (mode is ignored: all are run)")
     br.add_argument("--demo", action="store_true", help="use the built-in demo model and data")
+    br.add_argument("--demo-encoder", action="store_true",
+                    help="use the built-in demo encoder and its sentences (sentence-embedding cosine)")
     br.add_argument("--scheme")
     br.add_argument("--steps", type=int)
     br.add_argument("--lr", type=float)

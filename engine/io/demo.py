@@ -112,7 +112,7 @@ def demo_encoder_recipe_dict(mode: str = "qad") -> dict:
     """The demo encoder's recipe: sentences, W4A4-NVFP4, the encoder defaults of train.*."""
     return {
         "model": {"path": "demo-encoder"},
-        "data": {"seq_len": ENCODER_SEQ_LEN, "calib_batches": 8, "eval_batches": 8},
+        "data": {"seq_len": ENCODER_SEQ_LEN, "batch_size": 32, "calib_batches": 8, "eval_batches": 8},
         "quant": {"scheme": ENCODER_SCHEME},
         "mode": mode,
         "train": {"steps": 200, "eval_every": 50, "checkpoint_every": 0},

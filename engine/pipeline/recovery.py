@@ -42,16 +42,32 @@ def finetune_only(recipe) -> Dict[str, float]:
 
 
 def recovery(recipe, workdir: Optional[Path] = None, log: Callable[[str], None] = print) -> Dict[str, object]:
+    """Run PTQ, QAT (where the model has a task loss: causal LMs) and QAD with the same recipe.
+
+    Causal LMs: the share of the PTQ perplexity gap each mode wins back, and plain fine-tuning.
+    Encoders: the share of the PTQ sentence-embedding cosine gap (to 1, the original) QAD wins back.
+    """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="lowbit-recovery-"))
     out: Dict[str, object] = {"scheme": recipe.quant.scheme, "steps": recipe.train.steps}
-    for mode in ("ptq", "qat", "qad"):
+    first = run(recipe.with_updates({"mode": "ptq", "export.format": None}), run_dir=workdir / "ptq").report
+    out["baseline"], out["ptq"] = first["baseline"], first["ptq"]
+    kind = first["model"]["kind"]
+    out["kind"] = kind
+    log("ptq: done")
+    for mode in ("qat", "qad"):
+        if mode == "qat" and kind == "encoder":
+            log("qat: skipped (an encoder has no task loss to train on)")
+            continue
         rep = run(recipe.with_updates({"mode": mode, "export.format": None}), run_dir=workdir / mode).report
-        out.setdefault("baseline", rep["baseline"])
-        out["ptq"] = rep["ptq"]
-        if mode != "ptq":
-            out[mode] = rep["final"]
+        out[mode] = rep["final"]
         log(f"{mode}: done")
-    if recipe.model.kind != "encoder" and "perplexity" in out["baseline"]:
+    if kind == "encoder":
+        out["metric"] = "embedding_cosine"
+        ptq = out["ptq"]["embedding_cosine"]
+        gap = 1.0 - ptq
+        out["qad_recovered"] = (out["qad"]["embedding_cosine"] - ptq) / gap if gap > 0 else float("nan")
+    elif "perplexity" in out["baseline"]:
+        out["metric"] = "perplexity"
         out["finetune_only"] = finetune_only(recipe)
         base, ptq = out["baseline"]["perplexity"], out["ptq"]["perplexity"]
         gap = ptq - base
@@ -63,13 +79,18 @@ def recovery(recipe, workdir: Optional[Path] = None, log: Callable[[str], None] 
 def format_table(res: Dict[str, object]) -> str:
     rows = [("baseline (original)", res["baseline"]), ("PTQ", res["ptq"]), ("QAT", res.get("qat", {})),
             ("QAD", res.get("qad", {})), ("fine-tune only, no quant", res.get("finetune_only", {}))]
-    keys = [k for k in ("perplexity", "kl", "top1_agreement", "cosine", "embedding_cosine")
+    if res.get("kind") == "encoder":
+        rows = rows[:4]
+    keys = [k for k in ("perplexity", "kl", "top1_agreement", "embedding_cosine", "cls_embedding_cosine", "cosine")
             if any(k in r for _, r in rows)]
     lines = [f"{res['scheme']}, {res['steps']} training steps",
-             f"{'':<26}" + "".join(f"{k:>16}" for k in keys)]
+             f"{'':<26}" + "".join(f"{k:>22}" for k in keys)]
     for label, r in rows:
-        lines.append(f"{label:<26}" + "".join(f"{r[k]:>16.4f}" if k in r else f"{'-':>16}" for k in keys))
+        lines.append(f"{label:<26}" + "".join(f"{r[k]:>22.5f}" if k in r else f"{'-':>22}" for k in keys))
+    what = "sentence-embedding cosine" if res.get("kind") == "encoder" else "perplexity"
     for mode in ("qat", "qad"):
         if f"{mode}_recovered" in res:
-            lines.append(f"{mode.upper()} recovers {100 * res[f'{mode}_recovered']:.1f}% of the PTQ perplexity gap")
+            lines.append(f"{mode.upper()} recovers {100 * res[f'{mode}_recovered']:.1f}% of the PTQ {what} gap")
+    if res.get("kind") == "encoder":
+        lines.append("QAT: not possible on an encoder without a task head")
     return "\n".join(lines)
