@@ -1,0 +1,94 @@
+"""AWQ: activation-aware per-input-channel weight scaling, searched on calibration data.
+
+Input channels that carry large activations matter most to the output; scaling their weight
+columns up by s (and the activations down by 1/s) gives them a finer share of the weight
+grid. For each group of layers reading one input, AWQ tries s = mean|x|^r for r on a grid in
+[0, 1] (normalised so that sqrt(max(s) * min(s)) = 1), rounds the scaled weights with each
+layer's own format, and keeps the r whose outputs on the calibration samples are closest to
+the full-precision ones (r = 0 is "no scaling", so the result is never worse than RTN on the
+samples). The chosen 1/s is folded exactly into the producer (see ``scaling``); groups with
+no exact fold are left unscaled and reported.
+
+Run it before the weights are calibrated: the weights change, so any static weight amax
+measured earlier is measured again here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import LowbitError
+from ..events import CancelToken
+from ..quant.linear import QuantLinear
+from . import scaling
+from .scaling import ScalingResult
+
+DEFAULTS = {"grid": 20, "max_samples": 2048}
+
+
+def _loss(layers: List[QuantLinear], x: torch.Tensor, refs: List[torch.Tensor], s: Optional[torch.Tensor]) -> float:
+    total = 0.0
+    for layer, ref in zip(layers, refs):
+        w = layer.weight.detach().float()
+        if s is None:
+            wq = scaling.weight_fake_quant(layer, w)
+        else:
+            wq = scaling.weight_fake_quant(layer, w * s) / s
+        total += float(((x @ wq.T - ref) ** 2).mean())
+    return total
+
+
+@torch.no_grad()
+def awq(model: nn.Module, forward_loop: Callable[[nn.Module], None], grid: int = 20, max_samples: int = 2048,
+        progress: Optional[Callable[[int, int, Dict], None]] = None,
+        cancel: Optional[CancelToken] = None) -> ScalingResult:
+    """Search and fold AWQ scales for every input-sharing group of quantized layers."""
+    if grid < 2:
+        raise LowbitError(f"awq grid must be at least 2 (ratios from 0 to 1), not {grid}")
+    t0 = time.perf_counter()
+    result = ScalingResult("awq")
+    groups, _ = scaling.trace_groups(model, forward_loop, max_samples)
+    modules = dict(model.named_modules())
+    for gi, grp in enumerate(groups):
+        if cancel is not None:
+            cancel.check()
+        layers = [modules[c] for c in grp.consumers
+                  if isinstance(modules[c], QuantLinear) and modules[c].weight_quantizer.enabled
+                  and modules[c].weight_quantizer.fmt is not None]
+        entry = grp.describe()
+        if not layers or not grp.foldable:
+            entry.update(folded=False, ratio=None)
+            result.groups.append(entry)
+            continue
+        x = grp.samples.to(layers[0].weight.device)
+        refs = [x @ layer.weight.detach().float().T for layer in layers]
+        base = _loss(layers, x, refs, None)
+        mean = grp.absmean.to(x.device).clamp(min=1e-8)
+        best_r, best_loss, best_s = 0.0, base, None
+        for i in range(1, grid):
+            r = i / (grid - 1)
+            s = mean.pow(r).clamp(min=1e-4)
+            s = s / torch.sqrt(s.max() * s.min())
+            loss = _loss(layers, x, refs, s)
+            if loss < best_loss:
+                best_r, best_loss, best_s = r, loss, s
+        for layer, ref in zip(layers, refs):
+            name = next(n for n in grp.consumers if modules[n] is layer)
+            energy = float((ref ** 2).mean()) or 1.0
+            before = _loss([layer], x, [ref], None)
+            after = _loss([layer], x, [ref], best_s) if best_s is not None else before
+            result.layers.append({"name": name, "rtn_error": before / energy, "awq_error": after / energy,
+                                  "ratio": best_r})
+        if best_s is not None:
+            scaling.fold(modules, grp.producer, grp.producer_kind, grp.consumers, best_s)
+            scaling.refresh_weight_amax(modules, grp.consumers)
+        entry.update(folded=best_s is not None, ratio=best_r, loss_before=base, loss_after=best_loss)
+        result.groups.append(entry)
+        if progress is not None:
+            progress(gi + 1, len(groups), {"group": grp.consumers[0]})
+    result.seconds = time.perf_counter() - t0
+    return result
