@@ -24,17 +24,43 @@ class ModelInfo:
     tokenizer: Any = None
     warnings: List[str] = field(default_factory=list)
     skeleton: Any = None  # empty meta-device Linear layers, for previewing the layer plan
+    inspected: Any = None  # engine.io.inspect.ModelInfo: the whole model on the meta device (memory plan)
 
 
 def inspect_model(path: str, dtype: str = "auto", trust_remote_code: bool = False, state=None) -> ModelInfo:
-    """Load the checkpoint on the CPU, describe it, keep only the tokenizer (the weights are dropped)."""
-    from engine.io.model import describe_model, load_model
+    """Describe the checkpoint without reading its weights: the config, the safetensors headers and
+    the model built on the meta device (engine.io.inspect); the tokenizer is loaded."""
+    from engine.errors import ModelLoadError
+    from engine.io.inspect import inspect_model as inspect_checkpoint
+    from engine.io.model import load_tokenizer
 
     from .plan import skeleton
 
-    loaded = load_model(path, kind="auto", dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
-    summary = describe_model(loaded)
-    return ModelInfo(str(loaded.path), summary, loaded.tokenizer, list(loaded.warnings), skeleton(summary["layers"]))
+    info = inspect_checkpoint(path, trust_remote_code=trust_remote_code)
+    summary = info.describe()
+    tokenizer, notes = None, []
+    try:
+        tokenizer = load_tokenizer(info.path, trust_remote_code=trust_remote_code)
+    except ModelLoadError as exc:
+        notes.append(str(exc))
+    return ModelInfo(str(info.path), summary, tokenizer, notes, skeleton(summary["layers"]), info)
+
+
+def memory_plan(recipe, inspected, state=None) -> Dict[str, Any]:
+    """The recipe's memory plan for the inspected model: plan.to_dict() plus its text and the refusal
+    message (None when it fits) that a run would give."""
+    from engine.errors import LowbitError
+    from engine.pipeline.plan import check_fits, plan_recipe
+
+    plan = plan_recipe(recipe, info=inspected)
+    out = plan.to_dict()
+    out["text"] = plan.text()
+    try:
+        check_fits(plan)
+        out["refusal"] = None
+    except LowbitError as exc:
+        out["refusal"] = str(exc)
+    return out
 
 
 @dataclass

@@ -11,6 +11,8 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QFormLayout, QGroupBox, 
                                QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
                                QWidget)
 
+from engine.memory import fmt_bytes
+
 from .. import theme
 from ..jobs import DeviceChoice
 from ..state import RecipeState
@@ -70,6 +72,7 @@ class RunPanel(Page):
                                    "folder here.")
         form.addRow("Runs folder:", self.run_folder)
         self.content.addWidget(where)
+        self.content.addWidget(self._memory_box())
         self.content.addWidget(self._cluster_box(state))
 
         buttons = QHBoxLayout()
@@ -113,6 +116,41 @@ class RunPanel(Page):
         self._finished: set = set()
         self._placeholder()
         self._started = 0.0
+
+    def _memory_box(self) -> QGroupBox:
+        """The memory plan: each stage's peak on its device, and what each knob would save."""
+        box = QGroupBox("Memory")
+        layout = QVBoxLayout(box)
+        self.memory_summary = QLabel("The plan appears once a model is open.")
+        self.memory_summary.setWordWrap(True)
+        self.memory_summary.setToolTip("Estimated from the model's config and the recipe before anything is "
+                                       "loaded; the same as `lowbit plan RECIPE`.")
+        layout.addWidget(self.memory_summary)
+        self.memory_stages = QLabel("")
+        self.memory_stages.setTextFormat(Qt.TextFormat.RichText)
+        self.memory_stages.setWordWrap(True)
+        layout.addWidget(self.memory_stages)
+        return box
+
+    def show_memory_plan(self, plan: dict) -> None:
+        """Show a plan from engine.pipeline.plan (as app.jobs.memory_plan returns it)."""
+        if plan.get("error"):
+            self.memory_summary.setText(f"No memory plan: {plan['error']}")
+            self.memory_stages.setText("")
+            return
+        device = plan["model"]["device"]
+        cap = plan["capacity"].get(device)
+        verdict = "fits" if plan["fits"] else "does NOT fit"
+        self.memory_summary.setText(f"Peak {fmt_bytes(plan['peak_per_device'].get(device))} on {device} "
+                                    f"(of {fmt_bytes(cap)}): {verdict}."
+                                    + (f"  {plan['refusal']}" if plan.get("refusal") else ""))
+        rows = "".join(f"<tr><td>{st['name']}</td><td align='right'>&nbsp;{fmt_bytes(st['peak_bytes'])}</td>"
+                       f"<td>&nbsp;{', '.join(i['name'] for i in st['items'][:4])}</td></tr>"
+                       for st in plan["stages"])
+        knobs = "".join(f"<li>{k['name']}: saves {fmt_bytes(k['saves_bytes'])} "
+                        f"({', '.join(f'{a}: {b}' for a, b in k['change'].items())})</li>" for k in plan["knobs"])
+        self.memory_stages.setText(f"<table>{rows}</table>" + (f"<p>What would save memory:</p><ul>{knobs}</ul>"
+                                                               if knobs else ""))
 
     def _cluster_box(self, state: RecipeState) -> QGroupBox:
         """The torchrun command that runs this same recipe on several GPUs, to copy to a cluster."""

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from .demo import resolve_model_path
-from .model import (_architecture, _check_folder, _is_native_model_type, _load_config, _read_config_json,
-                    detect_kind, linear_layers, linear_shape)
+from .model import (_architecture, _check_folder, _check_weight_files, _is_native_model_type, _load_config,
+                    _read_config_json, detect_kind, linear_layers, linear_shape)
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -174,6 +174,7 @@ def inspect_model(path, kind: str = "auto", trust_remote_code: bool = False) -> 
                              "review it, then enable trust remote code to inspect or load it")
     config = _load_config(folder, raw, bool(trust_remote_code))
     resolved = detect_kind(config) if kind == "auto" else kind
+    _check_weight_files(folder)  # present and complete (headers parse, files as long as they say)
     files = weight_files(folder)
     headers = [read_safetensors_header(f) for f in files]
     total = 0

@@ -62,13 +62,13 @@ def test_defaults_follow_the_schema():
     assert (t.learnable_scales, t.gradient_checkpointing) == (False, False)
     assert (t.early_stop_perplexity, t.teacher_device) == (None, None)
     assert (r.export.format, r.export.path, r.export.verify, r.export.max_shard_mb) == (None, None, True, 2000)
-    assert (r.seed, r.device) == (0, "auto")
+    assert (r.seed, r.device, r.memory_check, t.master_weights) == (0, "auto", True, True)
 
 
 def test_to_dict_is_plain_json_with_every_key():
     d = make().to_dict()
     assert list(d) == ["version", "model", "data", "quant", "calibration", "mode", "train", "export", "analysis",
-                       "distributed", "seed", "device"]
+                       "distributed", "seed", "device", "memory_check"]
     assert json.loads(json.dumps(d)) == d
     assert d["quant"]["include"] == ["*"] and d["quant"]["overrides"] == []
     leaves = {f"{s}.{k}" for s, v in d.items() if isinstance(v, dict) for k in v}
