@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QApplication, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QSizePolicy, QApplication, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
                                QWidget)
 
@@ -130,6 +130,7 @@ class RunPanel(Page):
         self.memory_stages.setTextFormat(Qt.TextFormat.RichText)
         self.memory_stages.setWordWrap(True)
         layout.addWidget(self.memory_stages)
+        box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)  # never squeezed shut
         return box
 
     def show_memory_plan(self, plan: dict) -> None:
@@ -144,9 +145,12 @@ class RunPanel(Page):
         self.memory_summary.setText(f"Peak {fmt_bytes(plan['peak_per_device'].get(device))} on {device} "
                                     f"(of {fmt_bytes(cap)}): {verdict}."
                                     + (f"  {plan['refusal']}" if plan.get("refusal") else ""))
+        def largest(items):  # the two biggest items besides the process itself
+            big = sorted((i for i in items if not i["name"].startswith("runtime")), key=lambda i: -i["bytes"])[:2]
+            return ", ".join(f"{i['name'].split(' (')[0]} {fmt_bytes(i['bytes'])}" for i in big)
+
         rows = "".join(f"<tr><td>{st['name']}</td><td align='right'>&nbsp;{fmt_bytes(st['peak_bytes'])}</td>"
-                       f"<td>&nbsp;{', '.join(i['name'] for i in st['items'][:4])}</td></tr>"
-                       for st in plan["stages"])
+                       f"<td>&nbsp;&nbsp;{largest(st['items'])}</td></tr>" for st in plan["stages"])
         knobs = "".join(f"<li>{k['name']}: saves {fmt_bytes(k['saves_bytes'])} "
                         f"({', '.join(f'{a}: {b}' for a, b in k['change'].items())})</li>" for k in plan["knobs"])
         self.memory_stages.setText(f"<table>{rows}</table>" + (f"<p>What would save memory:</p><ul>{knobs}</ul>"
