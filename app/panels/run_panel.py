@@ -153,6 +153,8 @@ class RunPanel(Page):
                        f"<td>&nbsp;&nbsp;{largest(st['items'])}</td></tr>" for st in plan["stages"])
         knobs = "".join(f"<li>{k['name']}: saves {fmt_bytes(k['saves_bytes'])} "
                         f"({', '.join(f'{a}: {b}' for a, b in k['change'].items())})</li>" for k in plan["knobs"])
+        lines = len(plan["stages"]) + 1 + (len(plan["knobs"]) + 3 if plan["knobs"] else 0)
+        self.memory_stages.setMinimumHeight(self.memory_stages.fontMetrics().lineSpacing() * lines)
         self.memory_stages.setText(f"<table>{rows}</table>" + (f"<p>What would save memory:</p><ul>{knobs}</ul>"
                                                                if knobs else ""))
 
