@@ -20,7 +20,8 @@ def _demo_recipe_from_args(args):
                "quant.weight": args.weight_format, "quant.activation": args.act_format,
                "data.seq_len": args.seq_len, "data.batch_size": args.batch_size,
                "data.calib_batches": args.calib_batches, "data.eval_batches": args.eval_batches,
-               "calibration.method": args.calib_method, "train.steps": args.steps, "train.lr": args.lr,
+               "calibration.method": args.calib_method, "calibration.algorithm": args.algorithm,
+               "train.steps": args.steps, "train.lr": args.lr,
                "train.kd_temperature": args.kd_temperature, "train.kd_alpha": args.kd_alpha,
                "export.format": args.export, "data.path": args.data, "data.eval_path": args.eval_data}
     recipe = Recipe.from_dict(d)
@@ -55,6 +56,8 @@ def recipe_from_args(args):
         d["quant"]["activation"] = args.act_format
     if args.calib_method:
         d["calibration"] = {"method": args.calib_method}
+    if args.algorithm:
+        d.setdefault("calibration", {})["algorithm"] = args.algorithm
     train = {}
     for flag in ("steps", "lr", "kd_temperature", "kd_alpha"):
         if getattr(args, flag, None) is not None:
@@ -85,6 +88,9 @@ def register(sub) -> None:
     q.add_argument("--act-format", help="activation format, overriding the scheme's ('none' keeps them)")
     q.add_argument("--mode", choices=["ptq", "qat", "qad"], default="ptq")
     q.add_argument("--calib-method", choices=["max", "percentile", "mse"])
+    q.add_argument("--algorithm", choices=["rtn", "gptq", "awq", "smoothquant", "awq+gptq", "smoothquant+gptq"],
+                   help="PTQ algorithm (default rtn): gptq = error-compensating rounding layer by layer; "
+                        "awq = activation-aware channel scales; smoothquant = outliers moved into the weights (W8A8/W4A4)")
     q.add_argument("--calib-batches", type=int)
     q.add_argument("--eval-batches", type=int)
     q.add_argument("--batch-size", type=int)

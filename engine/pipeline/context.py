@@ -36,6 +36,9 @@ class RunContext:
     resume_from: Optional[Path] = None  # a training checkpoint to continue from
     dist: Dist = field(default_factory=Dist.single)  # one process: the world of size 1
     current_stage: Optional[str] = None  # the stage running now (named in out-of-memory messages)
+    # full-precision weights of the layers a PTQ algorithm rewrote (GPTQ): the original model for
+    # the baseline, the per-layer report and the QAD teacher is the loaded one, not the rewritten one
+    original_weights: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def stage(self, name: str, total: Optional[int] = None, detail: str = "") -> "_Stage":
         return _Stage(self, name, total, detail)

@@ -102,6 +102,17 @@ class CalibrationSection(_Section):
     mse_grid: int = _opt(20, _Int(ge=2), "candidate scales tried by method 'mse'")
     mse_min_ratio: float = _opt(0.5, _Float(gt=0, lt=1),
                                 "the smallest candidate of method 'mse', as a fraction of the max")
+    algorithm: str = _opt("rtn", _Choice("rtn", "gptq", "awq", "smoothquant", "awq+gptq", "smoothquant+gptq"),
+                          "PTQ algorithm before the scales are set: rtn = round to nearest; gptq = second-order "
+                          "error-compensating rounding, layer by layer; awq = activation-aware channel scales "
+                          "folded into norms / linears; smoothquant = activation outliers moved into the weights "
+                          "(W8A8 / W4A4); 'a+gptq' runs the scaling first")
+    gptq_damp: float = _opt(0.01, _Float(gt=0, le=1), "GPTQ damping, a fraction of the mean Hessian diagonal")
+    gptq_block_size: int = _opt(128, _Int(ge=1), "GPTQ columns updated eagerly before one lazy matrix update")
+    gptq_act_order: bool = _opt(False, _Bool(), "GPTQ rounds the columns with the largest activations first")
+    awq_grid: int = _opt(20, _Int(ge=2), "AWQ scale exponents tried between 0 and 1")
+    smoothquant_alpha: Any = _opt("auto", _FloatOrAuto(ge=0, le=1),
+                                  "SmoothQuant migration strength in [0, 1]; 'auto' searches 0.3 .. 0.8 per layer group")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,9 +6,10 @@ from ...analysis.metrics import evaluate
 from ...devices import resolve_device
 from ...parallel.wrap import wrap_student, wrap_teacher
 from ...quant.select import quantizers
-from ...train import Trainer, frozen_original, settings_from_recipe
+from ...train import Trainer, settings_from_recipe
 from ...train.lr_probe import probe_lr
 from ..context import RunContext
+from .calibrate import original_model
 
 
 def train_stage(ctx: RunContext) -> None:
@@ -19,7 +20,7 @@ def train_stage(ctx: RunContext) -> None:
     teacher_device = resolve_device(r.train.teacher_device) if r.train.teacher_device else ctx.device
     if dist.active and teacher_device.type == "cuda":
         teacher_device = ctx.device  # one GPU per rank: the rank's own
-    teacher = frozen_original(model, teacher_device)
+    teacher = original_model(ctx, teacher_device)  # the loaded model, also after GPTQ rewrote weights
     settings = settings_from_recipe(r, ctx.loaded.kind)
     if r.train.learnable_scales:
         qs = [q for q in quantizers(model) if q.enabled]
