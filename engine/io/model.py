@@ -154,7 +154,8 @@ def load_model(
         notes.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
 
-    model = _from_pretrained(folder, config, resolved_kind, _DTYPES[dtype], use_safetensors, trust_remote_code, notes)
+    model = _from_pretrained(folder, config, resolved_kind, _DTYPES[dtype], use_safetensors, trust_remote_code, notes,
+                             device=device)
     _check_finite(model, folder)
     if not linear_layers(model):
         raise ModelLoadError(
@@ -440,6 +441,7 @@ def _from_pretrained(
     use_safetensors: bool,
     trust_remote_code: bool,
     notes: list[str],
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -455,6 +457,7 @@ def _from_pretrained(
                 trust_remote_code=trust_remote_code,
                 output_loading_info=True,
                 **{_dtype_kwarg(): dtype},
+                **_placement(device),
             )
     except ModelLoadError:
         raise
@@ -534,6 +537,15 @@ def _quiet_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _placement(device) -> dict[str, Any]:
+    """Load the weights straight onto a GPU (each tensor copied from the memory-mapped safetensors file
+    to the device in its dtype), instead of a whole CPU copy first. The CPU needs nothing extra:
+    transformers builds the model on the meta device and fills it tensor by tensor."""
+    if device is None or torch.device(device).type != "cuda":
+        return {}
+    return {"device_map": {"": str(torch.device(device))}}
 
 
 def _dtype_kwarg() -> str:
