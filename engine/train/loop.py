@@ -133,6 +133,12 @@ def _on_device(out, device):
     return _Outputs(out, device)
 
 
+def _snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A CPU copy of the model's state that later training does not change (cpu_state_dict of a CPU model
+    shares its storage)."""
+    return {k: v.clone() for k, v in cpu_state_dict(model).items()}
+
+
 class Trainer:
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], kind: str, blocks: torch.Tensor,
                  settings: TrainSettings, device: torch.device, sink: Sink, cancel: CancelToken,
@@ -246,7 +252,7 @@ class Trainer:
         stopped_early = False
         name, higher = self.headline()
         if s.early_stop_patience and self.ptq.get(name) is not None and self._best is None and not self.dist.active:
-            self._best = (self.ptq[name] if higher else -self.ptq[name], self.step, cpu_state_dict(self.student))
+            self._best = (self.ptq[name] if higher else -self.ptq[name], self.step, _snapshot(self.student))
         while self.step < s.steps:
             self.cancel.check()
             t0 = time.monotonic()
@@ -317,7 +323,7 @@ class Trainer:
         if value is not None and not self.dist.active:
             score = value if higher else -value
             if self._best is None or score > self._best[0]:
-                self._best = (score, self.step, cpu_state_dict(self.student))
+                self._best = (score, self.step, _snapshot(self.student))
         self._worse_evals = self._worse_evals + 1 if worse else 0
         if self._worse_evals < patience:
             return False

@@ -34,7 +34,7 @@ def probe_lr(student: nn.Module, teacher, kind: str, pool, settings: TrainSettin
     """The candidate rate with the lowest held-out loss after ``probe_steps`` steps, and every rate's loss."""
     train_part, held = held_out_slice(pool, settings.batch_size)
     held_batches = [held[i:i + settings.batch_size] for i in range(0, int(held.shape[0]), settings.batch_size)]
-    start = cpu_state_dict(student)
+    start = {k: v.clone() for k, v in cpu_state_dict(student).items()}  # a CPU model's state shares storage
     scores: Dict[float, float] = {}
     probe = dataclasses.replace(settings, steps=probe_steps, warmup_steps=min(settings.warmup_steps, probe_steps // 4),
                                 eval_every=0, checkpoint_every=0, early_stop_patience=0, kd_alpha_final=None)
