@@ -68,6 +68,7 @@ class TrainSettings:
     scale_penalty: float = 0.0  # weight of the penalty on learned scales growing above calibration
     dropout: str = "auto"  # train-only randomness of the student: auto (off in QAD and QAT), on, off
     early_stop_patience: int = 0  # stop after this many evaluations worse than PTQ; 0 = off
+    kd_embedding_weight: float = 0.0  # encoders: weight of 1 - cos of the mean-pooled sentence embeddings
     # issue 16: a bf16 / fp16 student's optimizer updates fp32 master copies (engine/train/precision.py)
     master_weights: bool = True
     # causal LMs in one process: the vocabulary loss a chunk of tokens at a time (engine.train.vocab_loss)

@@ -65,6 +65,17 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: Optional[torc
     return masked_mean(per_token, mask)
 
 
+def embedding_distance(student: torch.Tensor, teacher: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over sentences of 1 - cosine of the mask-aware mean-pooled embeddings (what embedding users compare)."""
+    if mask is None:
+        ps, pt = student.float().mean(1), teacher.float().mean(1)
+    else:
+        m = mask.to(torch.float32).unsqueeze(-1)
+        ps = (student.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pt = (teacher.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return (1.0 - F.cosine_similarity(ps, pt, dim=-1)).mean()
+
+
 def hidden_alignment(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
                      mask: Optional[torch.Tensor], layers: Sequence[int] = ()) -> torch.Tensor:
     """Mean over the chosen layers of each layer's MSE relative to the teacher's mean square there.
@@ -144,6 +155,11 @@ class LossComposer:
         elif s.mode == "qad":
             parts["kd_loss"] = hidden_mse(out.last_hidden_state, teacher_out.last_hidden_state, mask)
             weights["kd_loss"] = 1.0
+            w = getattr(s, "kd_embedding_weight", 0.0)
+            if w > 0:
+                parts["embedding_loss"] = embedding_distance(out.last_hidden_state, teacher_out.last_hidden_state,
+                                                             mask)
+                weights["embedding_loss"] = w
         if self.needs_hidden_states:
             parts["hidden_loss"] = hidden_alignment(out.hidden_states, teacher_out.hidden_states, mask,
                                                     getattr(s, "kd_hidden_layers", ()))

@@ -223,3 +223,33 @@ def test_new_recipe_keys_are_validated_with_a_clear_error(key, value, message):
     with pytest.raises(RecipeError, match=message) as info:
         Recipe.from_dict({"model": {"path": "x"}}).with_updates({key: value})
     assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_causal_lm_qad_loss_is_the_classic_formula_on_packed_blocks(bpe_tokenizer):
+    """Packed causal-LM batches (no mask) keep the loss the demo Llama's figures were measured with:
+    alpha * KL(teacher || student) * T^2 (batchmean over positions) + (1 - alpha) * next-token CE."""
+    import torch.nn.functional as F
+
+    from engine.events import CancelToken
+    from engine.train.loop import Trainer, TrainSettings
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(bpe_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    teacher = LlamaForCausalLM(cfg).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(0, len(bpe_tokenizer), (4, 16))
+    s = TrainSettings(mode="qad", steps=10, lr=1e-4, kd_alpha=0.7, kd_temperature=2.0, batch_size=4)
+    trainer = Trainer(student, teacher, "causal-lm", ids, s, torch.device("cpu"), lambda e: None, CancelToken())
+    total, parts = trainer.loss(ids)
+    with torch.no_grad():
+        zs, zt = student(input_ids=ids).logits.float(), teacher(input_ids=ids).logits.float()
+    kd = F.kl_div(F.log_softmax(zs / 2, -1).flatten(0, 1), F.log_softmax(zt / 2, -1).flatten(0, 1),
+                  log_target=True, reduction="batchmean") * 4
+    ce = F.cross_entropy(zs[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert float(parts["kd_loss"]) == pytest.approx(float(kd), rel=1e-5)
+    assert float(parts["task_loss"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(total) == pytest.approx(float(0.7 * kd + 0.3 * ce), rel=1e-5)
