@@ -43,7 +43,11 @@ METRICS = [
     Metric("top1_agreement", "Top-1 agreement", _pct, "higher",
            "How often the most likely next token is the same as the original model's."),
     Metric("cosine", "Cosine vs original", _num, "higher", "Similarity of the output vectors (1 = identical)."),
-    Metric("embedding_cosine", "Embedding cosine", _num, "higher", "Similarity of the sentence embeddings."),
+    Metric("embedding_cosine", "Sentence-embedding cosine", _num, "higher",
+           "Cosine of the L2-normalised mean-pooled sentence embeddings to the original's, on held-out "
+           "sentences (1 = identical): what sentence-embedding users measure."),
+    Metric("cls_embedding_cosine", "CLS-embedding cosine", _num, "higher",
+           "The same for the first token's ([CLS]) embedding, for models pooled that way."),
     Metric("mse", "MSE vs original", _num, "lower", "Mean squared difference of the outputs."),
     Metric("size_bytes", "Weights size", _mb, "lower",
            "Stored size of the weights: quantized layers at their format's bits (scales included), "
