@@ -308,7 +308,9 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
     if r.export.format:
         s = base("export")
         packed = q_params * 0.6 + (n_params - q_params) * b
-        s.add("packed export tensors", packed)
+        shard = min(packed, r.export.max_shard_mb * (1 << 20))
+        s.add("one export shard and its write buffer", 2 * shard, device="cpu",
+              note=f"written shard by shard (export.max_shard_mb {r.export.max_shard_mb})")
         s.add("verification: reloaded export", weights)
         stages.append(s)
 
