@@ -161,6 +161,9 @@ class ModePanel(Page):
         kd.addRow("Hidden-state weight:", bind(fspin(0.0, 100.0, 0.1), state, "train.kd_hidden_weight",
                                                 "Also align the layers' hidden states with the original's "
                                                 "(0 = off)."))
+        kd.addRow("Embedding weight (encoders):", bind(fspin(0.0, 1000.0, 1.0), state, "train.kd_embedding_weight",
+                                                        "Also pull the pooled sentence embeddings together "
+                                                        "(0 = off)."))
         layers = QLineEdit()
         layers.setPlaceholderText("all layers")
         kd.addRow("Aligned layers:", bind(layers, state, "train.kd_hidden_layers",

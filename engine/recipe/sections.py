@@ -145,6 +145,9 @@ class TrainSection(_Section):
     kd_hidden_layers: Tuple[int, ...] = _opt((), _List(_Int(), "integers"),
                                              "blocks the hidden-state loss aligns, from 1 (-1 = the last); "
                                              "empty = all")
+    kd_embedding_weight: float = _opt(0.0, _Float(ge=0),
+                                      "encoders: weight of 1 - cosine of the mean-pooled sentence embeddings "
+                                      "(student vs original), next to the hidden-state MSE")
     scale_penalty: float = _opt(0.0, _Float(ge=0),
                                 "weight of the penalty on learned scales growing above their calibrated value "
                                 "(with learnable_scales)")

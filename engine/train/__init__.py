@@ -50,5 +50,5 @@ def settings_from_recipe(recipe, kind: str = "causal-lm", lr: float = None) -> T
         gradient_checkpointing=t.gradient_checkpointing, master_weights=t.master_weights, chunked_vocab_loss=t.chunked_vocab_loss, early_stop_perplexity=t.early_stop_perplexity,
         seed=recipe.seed, kd_alpha_final=t.kd_alpha_final, kd_anneal=t.kd_anneal,
         kd_hidden_layers=tuple(t.kd_hidden_layers), scale_penalty=t.scale_penalty, dropout=t.dropout,
-        early_stop_patience=t.early_stop_patience,
+        early_stop_patience=t.early_stop_patience, kd_embedding_weight=t.kd_embedding_weight,
     )

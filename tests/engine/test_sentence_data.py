@@ -196,7 +196,7 @@ def test_deterministic_student_keeps_gradient_checkpointing(wordpiece_tokenizer)
 NEW_KEYS = {"data.samples": "lines", "train.lr": "auto", "train.lr_candidates": [1e-4, 1e-3],
             "train.lr_probe_steps": 5, "train.kd_alpha_final": 0.5, "train.kd_anneal": "cosine",
             "train.kd_hidden_layers": [1, -1], "train.scale_penalty": 0.1, "train.dropout": "on",
-            "train.early_stop_patience": 2}
+            "train.early_stop_patience": 2, "train.kd_embedding_weight": 1.5}
 
 
 def test_new_recipe_keys_round_trip_through_yaml(tmp_path: Path):
@@ -218,6 +218,7 @@ def test_new_recipe_keys_round_trip_through_yaml(tmp_path: Path):
     ("train.scale_penalty", -1, "out of range"),
     ("train.dropout", True, "one of 'auto', 'on', 'off'"),
     ("train.early_stop_patience", -2, "out of range"),
+    ("train.kd_embedding_weight", "big", "expected a number >= 0"),
 ])
 def test_new_recipe_keys_are_validated_with_a_clear_error(key, value, message):
     with pytest.raises(RecipeError, match=message) as info:
