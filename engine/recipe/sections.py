@@ -153,8 +153,9 @@ class TrainSection(_Section):
                                 "(with learnable_scales)")
     dropout: str = _opt("auto", _Choice("auto", "on", "off"),
                         "the student's dropout and other train-only randomness; auto = off for QAD (the teacher "
-                        "is deterministic, a noisy student chases the noise) and for QAT (measured: a short "
-                        "fine-tune of a trained model recovers more without it)")
+                        "is deterministic, a noisy student chases the noise) and for QAT too (QAT starts from a "
+                        "trained model; on the demo Llama, which has no dropout, on and off train alike, so "
+                        "QAT's default follows QAD's until a model with dropout and a task head measures otherwise)")
     early_stop_patience: int = _opt(0, _Int(ge=0),
                                     "stop after this many evaluations in a row worse than PTQ (eval metric, or "
                                     "recent training loss above the first step's) and keep the best state; 0 = off")

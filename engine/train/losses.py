@@ -190,9 +190,9 @@ def student_randomness(dropout: str, mode: str) -> bool:
 
     ``auto`` is off for QAD: the teacher runs deterministic, so a student with dropout on is
     asked to match a target it cannot reach and chases the noise instead of the quantization
-    error. ``auto`` is off for QAT too, chosen by measurement (see the recipe docs of
-    ``train.dropout``): QAT here is a short fine-tune of an already trained model, where
-    dropout's regularisation has nothing to prevent yet and its noise slows recovery.
+    error. ``auto`` is off for QAT too: QAT starts from an already trained model, and the
+    one QAT fixture this project has (the demo Llama) has no dropout, so on and off train
+    alike there; QAT follows QAD until a model with dropout and a task head says otherwise.
     """
     if dropout not in ("auto", "on", "off"):
         raise ValueError(f"train.dropout must be auto, on or off, got {dropout!r}")
