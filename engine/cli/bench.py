@@ -11,6 +11,8 @@ from ..io.demo import demo_encoder_recipe_dict, demo_recipe_dict
 from ..io.model import load_model
 from ..pipeline.recovery import format_table, recovery
 from ..pipeline.trainbench import bench_train
+from ..train.lossbench import report as loss_report
+from ..train.lossbench import run as loss_bench
 from ..recipe import Recipe
 
 
@@ -73,6 +75,35 @@ def cmd_bench_recovery(args) -> int:
     return 0
 
 
+def cmd_bench_ptq(args) -> int:
+    from ..pipeline.ptqbench import default_cells, format_table, ptq_bench
+
+    if args.demo:
+        recipe = Recipe.from_dict(demo_recipe_dict("ptq"))
+    elif args.recipe:
+        recipe = Recipe.load(args.recipe)
+    else:
+        raise LowbitError("give a recipe file or --demo")
+    cells = default_cells()
+    if args.schemes:
+        want = [s.strip() for s in args.schemes.split(",")]
+        cells = [c for c in cells if c[0] in want]
+    if args.algorithms:
+        want = [a.strip() for a in args.algorithms.split(",")]
+        cells = [c for c in cells if c[1] in want]
+    if not cells:
+        raise LowbitError("no benchmark cell left after --schemes / --algorithms")
+    res = ptq_bench(recipe, cells, args.qad_steps, args.workdir, log=(lambda m: None) if args.json else print)
+    print(json.dumps(res, indent=2, default=str) if args.json else format_table(res))
+    return 0
+
+
+def cmd_bench_loss(args) -> int:
+    rows = loss_bench(args.tokens, args.vocab, args.hidden, args.device, args.dtype)
+    print(json.dumps(rows, indent=2) if args.json else loss_report(rows))
+    return 0
+
+
 def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", metavar="WHAT")
@@ -92,6 +123,14 @@ def register(sub) -> None:
     bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration (after 6 warm-up)")
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_bench_train)
+    bl = bsub.add_parser("loss", help="peak memory of the chunked vocabulary loss next to the unchunked one")
+    bl.add_argument("--tokens", type=int, default=2048)
+    bl.add_argument("--vocab", type=int, default=151_936)
+    bl.add_argument("--hidden", type=int, default=896)
+    bl.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bl.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(func=cmd_bench_loss)
     br = bsub.add_parser("recovery", help="PTQ vs QAT vs QAD vs plain fine-tuning at the same step budget "
                                           "(encoders: PTQ vs QAD, sentence-embedding cosine)")
     br.add_argument("recipe", nargs="?", help="recipe file (mode is ignored: all are run)")
@@ -104,4 +143,13 @@ def register(sub) -> None:
     br.add_argument("--workdir", help="where the runs go (default: a temporary folder)")
     br.add_argument("--json", action="store_true")
     br.set_defaults(func=cmd_bench_recovery)
+    bp = bsub.add_parser("ptq", help="perplexity after RTN / GPTQ / AWQ / SmoothQuant, and after QAD from each start")
+    bp.add_argument("recipe", nargs="?", help="recipe file (scheme, algorithm and mode are set per cell)")
+    bp.add_argument("--demo", action="store_true", help="use the built-in demo Llama and data")
+    bp.add_argument("--schemes", help="comma-separated schemes (default: W4A16 INT4/INT3/INT2/NVFP4, W8A8-INT8, W4A4-NVFP4)")
+    bp.add_argument("--algorithms", help="comma-separated algorithms (default: all that fit each scheme)")
+    bp.add_argument("--qad-steps", type=int, default=60, help="QAD steps from each start (0: PTQ only)")
+    bp.add_argument("--workdir", help="where the runs go (default: a temporary folder)")
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(func=cmd_bench_ptq)
     b.set_defaults(func=lambda a: (b.print_help(), 2)[1])
