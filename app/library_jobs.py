@@ -11,8 +11,11 @@ from engine.pipeline.html_report import write_report
 from engine.pipeline.sweep import SweepSpec, plan_runs, read_sweep, run_sweep
 
 
+SCAN_PAUSE_S = 0.001  # per run folder: the GUI thread gets the interpreter lock while a big folder is read
+
+
 def scan(folders: Sequence[str], state=None) -> List[library.RunSummary]:
-    return library.scan_runs(folders, state=state)
+    return library.scan_runs(folders, state=state, pause_s=SCAN_PAUSE_S)
 
 
 def open_run(path: str, state=None) -> library.RunRecord:

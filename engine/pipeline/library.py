@@ -318,8 +318,12 @@ def find_runs(folders: Iterable[os.PathLike]) -> List[Tuple[Path, str, str]]:
     return found
 
 
-def scan_runs(folders: Iterable[os.PathLike], state=None) -> List[RunSummary]:
-    """Every run in ``folders``, newest first. ``state`` (optional): ``progress(done, total, text)``."""
+def scan_runs(folders: Iterable[os.PathLike], state=None, pause_s: float = 0.0) -> List[RunSummary]:
+    """Every run in ``folders``, newest first. ``state`` (optional): ``progress(done, total, text)``.
+
+    ``pause_s``: a sleep after each run folder, which hands the interpreter lock to other threads (a
+    window's event loop scanning in the background stays fluid at the cost of ``pause_s`` per run).
+    """
     found = find_runs(folders)
     now = time.time()
     rows = []
@@ -329,6 +333,8 @@ def scan_runs(folders: Iterable[os.PathLike], state=None) -> List[RunSummary]:
         row = read_run(path, now=now, name=name)
         row.sweep = sweep
         rows.append(row)
+        if pause_s:
+            time.sleep(pause_s)
     rows.sort(key=lambda r: -(r.started or 0.0))
     return rows
 
