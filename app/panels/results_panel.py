@@ -164,17 +164,17 @@ class ResultsPanel(Page):
         if stage == "train":
             self.curves.add(name, step or 0, value)
         elif stage == "eval":
-            if name == "perplexity":
-                self.curves.add("perplexity", step or 0, value)
+            if name in ("perplexity", "embedding_cosine"):  # the headline of a causal LM / an encoder
+                self.curves.add(name, step or 0, value)
         else:
             self.partial.setdefault(stage, {})[name] = value
-            if name == "perplexity" and stage in ("baseline", "ptq"):
+            if name in ("perplexity", "embedding_cosine") and stage in ("baseline", "ptq"):
                 label = "original" if stage == "baseline" else "PTQ"
                 self.curves.set_reference(label, value, theme.SERIES[stage])
-            elif name == "perplexity" and stage == "final":  # the end point of the evaluation curve
+            elif name in ("perplexity", "embedding_cosine") and stage == "final":  # the evaluation curve's end
                 steps = self.curves.series["loss"]
                 if len(steps):
-                    self.curves.add("perplexity", steps.view()[0][-1], value)
+                    self.curves.add(name, steps.view()[0][-1], value)
             if not self._bench_timer.isActive():  # a burst of metrics rebuilds the table once
                 self._bench_timer.start()
 

@@ -20,12 +20,16 @@ from .buffers import Series
 # plot key -> (title, y label, [(series key, legend text)])
 PLOTS: Dict[str, Tuple[str, str, List[Tuple[str, str]]]] = {
     "loss": ("Training loss", "loss", [("loss", "total"), ("task_loss", "task (next token)"),
-                                       ("kd_loss", "distillation")]),
-    "perplexity": ("Evaluation perplexity (lower is better)", "perplexity", [("perplexity", "quantized model")]),
+                                       ("kd_loss", "distillation"), ("hidden_loss", "hidden-state alignment"),
+                                       ("embedding_loss", "sentence embedding"),
+                                       ("scale_penalty", "scale penalty")]),
+    "perplexity": ("Evaluation: perplexity (lower is better) or sentence-embedding cosine (higher)", "metric",
+                   [("perplexity", "perplexity"), ("embedding_cosine", "embedding cosine")]),
     "lr": ("Learning rate", "lr", [("lr", "learning rate")]),
+    "kd_alpha": ("Distillation weight (alpha), when annealed", "alpha", [("kd_alpha", "alpha")]),
 }
 SERIES_PLOT = {s: plot for plot, (_, _, series) in PLOTS.items() for s, _ in series}
-DASHED = {"task_loss", "kd_loss"}
+DASHED = {"task_loss", "kd_loss", "hidden_loss", "embedding_loss", "scale_penalty"}
 # Wide and dashed pens make Qt stroke every segment: past this many points curves are drawn 1 px wide.
 THICK_LIMIT = 4000
 
@@ -115,9 +119,10 @@ class LiveCurves(QWidget):
     def _fit_perplexity(self) -> None:
         """Reference lines do not count for auto-range: fit the y range to them and the curve."""
         values = [line.value() for line in self.references.values()]
-        x, y = self.series["perplexity"].view()
-        if len(y):
-            values += [float(y.min()), float(y.max())]
+        for key in ("perplexity", "embedding_cosine"):
+            x, y = self.series[key].view()
+            if len(y):
+                values += [float(y.min()), float(y.max())]
         if values:
             lo, hi = min(values), max(values)
             pad = max(1e-9, 0.25 * (hi - lo), 1e-3 * abs(hi))
