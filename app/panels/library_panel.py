@@ -124,8 +124,8 @@ class LibraryPanel(Page):
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(140)
         self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.progress.setFormat("")  # always shown: hiding and showing it would lay the page out again
+        self.progress.setValue(0)
+        self.progress.setTextVisible(False)  # always shown: hiding and showing it would lay the page out again
         self.progress.setEnabled(False)
         top.addWidget(self.filter, 1)
         top.addWidget(self.progress)
@@ -184,7 +184,7 @@ class LibraryPanel(Page):
     def show_scan_progress(self, done: int, total: int) -> None:
         self.progress.setEnabled(done < total)
         self.progress.setRange(0, max(1, total))
-        self.progress.setValue(done)
+        self.progress.setValue(done if done < total else 0)
 
     def show_runs(self, rows: List) -> None:
         """Show RunSummary rows (keeps the selection by path)."""

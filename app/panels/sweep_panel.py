@@ -108,6 +108,8 @@ class SweepPanel(Page):
         self.size_plot.setLabel("bottom", "weights size (MB)")
         for p in (self.bits_plot, self.size_plot):
             p.showGrid(x=True, y=True, alpha=0.25)
+            p.getAxis("bottom").enableAutoSIPrefix(False)
+            p.getAxis("left").enableAutoSIPrefix(False)
         split.addWidget(self.plots)
         lower = QWidget()
         ll = QVBoxLayout(lower)
@@ -118,6 +120,7 @@ class SweepPanel(Page):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setWordWrap(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         ll.addWidget(self.table, 1)
@@ -138,6 +141,7 @@ class SweepPanel(Page):
         split.addWidget(lower)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setSizes([300, 200])
         self.content.addWidget(split, 1)
         self.table.itemSelectionChanged.connect(self._on_row_selected)
         self.points: List[Dict[str, Any]] = []
@@ -203,13 +207,16 @@ class SweepPanel(Page):
             if len(front) > 1:
                 plot.plot([p[x_key] * scale for p in front], [p["value"] for p in front],
                           pen=pg.mkPen(FRONT, width=2, style=Qt.PenStyle.DashLine))
+            right = max((q[x_key] for q in points), default=0.0)
+            left = min((q[x_key] for q in points), default=0.0)
             for p in points:
                 on = p[front_key]
                 chosen = p["path"] == recommended
                 plot.plot([p[x_key] * scale], [p["value"]], pen=None, symbol="s" if p["mixed"] else "o",
                           symbolSize=16 if chosen else 11, symbolBrush=FRONT if on else POINT,
                           symbolPen=pg.mkPen("#222222", width=3 if chosen else 1))
-                label = pg.TextItem(p["label"], color=theme.plot_colors()[1], anchor=(0, 1))
+                near_right = right > left and (p[x_key] - left) > 0.7 * (right - left)
+                label = pg.TextItem(p["label"], color=theme.plot_colors()[1], anchor=(1 if near_right else 0, 1))
                 label.setPos(p[x_key] * scale, p["value"])
                 plot.addItem(label)
         rows = sorted(points, key=lambda p: p["size_bytes"])
