@@ -204,6 +204,7 @@ class MainWindow(QMainWindow):
             slot.failed.connect(lambda msg, details, r=role: self._on_data_failed(r, msg, details))
 
         self.format_panel.scheme_chosen.connect(lambda name: s.set("quant.scheme", name))
+        self.format_panel.algorithm_chosen.connect(lambda name: s.set("calibration.algorithm", name))
         self.format_panel.layer_choice.connect(self._on_layer_choice)
 
         self.device_task.succeeded.connect(self.run_panel.set_devices)
@@ -332,6 +333,7 @@ class MainWindow(QMainWindow):
     def _refresh_plan(self) -> None:
         """Preview which format each layer gets (glob matching over the layer names: instant)."""
         self.format_panel.set_scheme(self.state.get("quant.scheme"))
+        self.format_panel.set_algorithm(self.state.get("calibration.algorithm"))
         if self.model_info is None:
             self.format_panel.set_plan([], "Open a model (step 1) to see its layers here.")
             return

@@ -7,7 +7,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QAction, QFont
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHeaderView, QLabel, QMenu, QSplitter,
-                               QStyledItemDelegate, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QHBoxLayout, QStyledItemDelegate, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from engine.calib import ALGORITHMS
 
 from ..catalog import SchemeRow, weight_format_choices
 from ..plan import EXCLUDE
@@ -113,6 +115,7 @@ class ChoiceDelegate(QStyledItemDelegate):
 
 class FormatPanel(Page):
     scheme_chosen = Signal(str)
+    algorithm_chosen = Signal(str)  # calibration.algorithm
     layer_choice = Signal(list, object)  # layer names, choice (None | "none" | format)
 
     def __init__(self, schemes: Sequence[SchemeRow], parent: Optional[QWidget] = None):
@@ -163,7 +166,21 @@ class FormatPanel(Page):
         self.layer_table.customContextMenuRequested.connect(self._context_menu)
 
         scheme_box = QGroupBox("Scheme")
-        QVBoxLayout(scheme_box).addWidget(self.scheme_table)
+        scheme_layout = QVBoxLayout(scheme_box)
+        scheme_layout.addWidget(self.scheme_table)
+        self.algorithm_combo = QComboBox()
+        for key, text in ALGORITHMS.items():
+            self.algorithm_combo.addItem(text.split(":")[0] if ":" in text else key, key)
+            self.algorithm_combo.setItemData(self.algorithm_combo.count() - 1, text, Qt.ItemDataRole.ToolTipRole)
+        self.algorithm_help = QLabel(ALGORITHMS["rtn"])
+        self.algorithm_help.setObjectName("hint")
+        self.algorithm_help.setWordWrap(True)
+        self.algorithm_combo.currentIndexChanged.connect(self._on_algorithm_selected)
+        algo_row = QHBoxLayout()
+        algo_row.addWidget(QLabel("PTQ algorithm:"))
+        algo_row.addWidget(self.algorithm_combo)
+        algo_row.addWidget(self.algorithm_help, 1)
+        scheme_layout.addLayout(algo_row)
         layer_box = QGroupBox("Layers")
         layer_layout = QVBoxLayout(layer_box)
         layer_layout.addWidget(self.layer_table)
@@ -191,6 +208,19 @@ class FormatPanel(Page):
                     self.scheme_table.blockSignals(False)
                 return
         self.scheme_table.clearSelection()
+
+    def set_algorithm(self, name: str) -> None:
+        i = self.algorithm_combo.findData(name)
+        if i >= 0 and i != self.algorithm_combo.currentIndex():
+            self.algorithm_combo.blockSignals(True)
+            self.algorithm_combo.setCurrentIndex(i)
+            self.algorithm_combo.blockSignals(False)
+        self.algorithm_help.setText(ALGORITHMS.get(name, ""))
+
+    def _on_algorithm_selected(self, index: int) -> None:
+        key = self.algorithm_combo.itemData(index)
+        self.algorithm_help.setText(ALGORITHMS.get(key, ""))
+        self.algorithm_chosen.emit(key)
 
     def _on_scheme_selected(self) -> None:
         rows = {i.row() for i in self.scheme_table.selectedIndexes()}

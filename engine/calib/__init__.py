@@ -22,6 +22,16 @@ from ..quant.select import quant_layers
 
 METHODS = ("max", "percentile", "mse")
 
+# calibration.algorithm: the PTQ algorithm run before the scales are set, with a one-line explanation
+ALGORITHMS = {
+    "rtn": "Round to nearest: each weight to its closest grid value (fast, the baseline).",
+    "gptq": "GPTQ: rounds weights column by column, the next columns absorbing the error (best at 2-4 bits).",
+    "awq": "AWQ: scales up the weight channels that meet large activations, folded into the norms.",
+    "smoothquant": "SmoothQuant: moves activation outliers into the weights, for W8A8 / W4A4.",
+    "awq+gptq": "AWQ scales first, then GPTQ rounding.",
+    "smoothquant+gptq": "SmoothQuant first, then GPTQ rounding of the smoothed weights.",
+}
+
 
 @torch.no_grad()
 def calibrate_weights(model: nn.Module, method: str = "max", mse_grid: int = 20, mse_min_ratio: float = 0.5,
