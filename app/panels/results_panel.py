@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import time
 from typing import Any, Dict, List, Optional
 
@@ -191,6 +193,11 @@ class ResultsPanel(Page):
         if layers:
             self.heatmap.set_column(RUN_COLUMN, {layer["name"]: float(layer["weight_sqnr_db"]) for layer in layers
                                                  if layer.get("weight_sqnr_db") is not None})
+            # output error on the calibration inputs before / after the PTQ algorithm, as dB (higher is better)
+            for key in sorted({k for layer in layers for k in layer if k.startswith("error_")}):
+                label = "output dB, " + ("RTN" if key == "error_rtn" else key[len("error_"):].upper())
+                self.heatmap.set_column(label, {layer["name"]: -10.0 * math.log10(max(float(layer[key]), 1e-12))
+                                                for layer in layers if layer.get(key) is not None})
 
     def _fill_from_partial(self) -> None:
         report = {"mode": self.mode, "baseline": self.partial.get("baseline"), "ptq": self.partial.get("ptq"),

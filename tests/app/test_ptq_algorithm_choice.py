@@ -16,3 +16,17 @@ def test_algorithm_choice_sets_the_recipe(window, qtbot, tmp_path):
     panel.grab().save(str(tmp_path / "format.png"))
     combo.setCurrentIndex(combo.findData("rtn"))
     assert window.state.get("calibration.algorithm") == "rtn"
+
+
+def test_per_layer_view_shows_error_before_and_after(window):
+    panel = window.results_panel
+    layers = [{"name": f"model.layers.0.{n}", "weight_sqnr_db": 20.0, "error_rtn": 0.01, "error_gptq": 0.001}
+              for n in ("q_proj", "k_proj")]
+    panel.heatmap.set_table([l["name"] for l in layers], [], None)
+    panel.show_report({"mode": "ptq", "baseline": {"perplexity": 10.0}, "ptq": {"perplexity": 11.0},
+                       "layers": layers})
+    cols = panel.heatmap.columns
+    assert "output dB, RTN" in cols and "output dB, GPTQ" in cols
+    r = panel.heatmap.rows.index("model.layers.0.q_proj")
+    assert abs(panel.heatmap.value(r, cols.index("output dB, RTN")) - 20.0) < 1e-4
+    assert abs(panel.heatmap.value(r, cols.index("output dB, GPTQ")) - 30.0) < 1e-4
