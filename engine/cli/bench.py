@@ -139,7 +139,8 @@ def register(sub) -> None:
                     help="use the built-in demo encoder and its sentences (sentence-embedding cosine)")
     br.add_argument("--scheme")
     br.add_argument("--steps", type=int)
-    br.add_argument("--lr", type=float)
+    br.add_argument("--lr", type=lambda v: v if v.strip().lower() == "auto" else float(v),
+                    help="a learning rate, or 'auto' to probe train.lr_candidates")
     br.add_argument("--workdir", help="where the runs go (default: a temporary folder)")
     br.add_argument("--json", action="store_true")
     br.set_defaults(func=cmd_bench_recovery)
