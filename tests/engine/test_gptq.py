@@ -230,3 +230,19 @@ def test_gptq_model_exports_and_verifies(target, weight_fmt, tmp_path):
         assert torch.equal(w.float(), layer.quantized_weight().float()), name
     v = verify_export(tmp_path / "out", model, batches[:1])
     assert v["passed"], v
+
+
+def test_recipe_keys_validate_and_round_trip():
+    from engine.recipe import Recipe, RecipeError
+
+    r = Recipe.from_dict({"model": {"path": "demo"}, "calibration": {
+        "algorithm": "awq+gptq", "gptq_damp": 0.05, "gptq_block_size": 64, "gptq_act_order": True,
+        "awq_grid": 10, "smoothquant_alpha": 0.6}})
+    again = Recipe.from_yaml(r.to_yaml())
+    assert again.calibration == r.calibration and again.calibration.algorithm == "awq+gptq"
+    with pytest.raises(RecipeError, match="calibration.algorithm.*did you mean 'gptq'"):
+        Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"algorithm": "gptqq"}})
+    with pytest.raises(RecipeError, match="smoothquant_alpha"):
+        Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"smoothquant_alpha": 2}})
+    with pytest.raises(RecipeError, match="gptq_damp"):
+        Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_damp": 0}})
