@@ -14,10 +14,13 @@ saved tensors and gradients) keeps several of them alive at once. Here:
   (``F.cross_entropy`` over the shifted tokens, ``F.kl_div(..., reduction="batchmean")
   * T^2``): each chunk's sum is exact and the chunk sums are added in float64.
 
-Gradients of the two losses are formed per chunk as closed forms of the softmax:
-d CE / d z = (softmax(z) - onehot(target)) / n_targets and
-d KD / d z = T * (softmax(z / T) - p_teacher) / n_rows, the latter because
-``kl(p || q) = sum p (log p - log q)`` and ``sum p = 1``.
+Gradients are formed per chunk by autograd of the plain formulas on that chunk's rows
+(``F.cross_entropy`` / ``F.kl_div`` with sum reduction, seeded with 1 / n_targets and
+T^2 / n_rows), so each row's gradient is bit for bit what the whole-logits formulas give it,
+however the rows are chunked or split over ranks. The closed forms (softmax(z) - onehot) / n
+and T * (softmax(z / T) - p) / n are equal only in exact arithmetic; their different rounding
+made a two-process run drift away from the one-process run once a fake-quantized activation
+landed on the other side of a rounding boundary.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ def _chunk(z: torch.Tensor, targets: Optional[torch.Tensor], teacher: Optional[T
     """Loss sums (float64 scalars) or the gradient d(loss)/dz of one chunk of fp32 student logits z.
 
     The caller passes z without keeping a reference, so it is freed as soon as it is used."""
+    if want == "grad":
+        return _chunk_grad(z, targets, teacher, lo, hi, temperature, kd_rows, ce_scale, kd_scale)
     lq = F.log_softmax(z, -1)  # the CE's log q; also the KD's when T = 1
     lq_t = None
     if teacher is not None and temperature != 1.0:
@@ -127,37 +132,52 @@ def _chunk(z: torch.Tensor, targets: Optional[torch.Tensor], teacher: Optional[T
                 terms *= rows
             kd_sum = terms.sum(dtype=torch.float64)
         return ce_sum, kd_sum
-    # gradient: ce_scale * valid * (q - onehot) + kd_scale * rows * (q_T - p), built in place
-    ce_coef = None
-    if targets is not None and ce_scale != 0.0:
-        t = targets[lo:hi]
-        valid = t != IGNORE_INDEX
-        ce_coef = valid.to(lq.dtype)[:, None] * ce_scale
-    kd_coef = None
-    if teacher is not None and kd_scale != 0.0:
-        kd_coef = rows * kd_scale if rows is not None else torch.full_like(lq[:, :1], kd_scale)
-    same = lq_t is lq
-    grad = lq.exp_()  # q
-    if not same:
-        grad *= ce_coef if ce_coef is not None else 0.0
-        if kd_coef is not None:
-            q_t = lq_t.exp_()
-            q_t *= kd_coef
-            grad += q_t
-            del q_t
-    else:
-        coef = (ce_coef if ce_coef is not None else 0.0) + (kd_coef if kd_coef is not None else 0.0)
-        grad *= coef
-    del lq, lq_t
-    if ce_coef is not None:
-        grad.scatter_add_(1, torch.where(valid, t, 0)[:, None], -ce_coef)
-    if kd_coef is not None:
-        p = teacher.log_probs(lo, hi, temperature).exp_()
-        p *= -kd_coef
-        if teacher.sparse:
-            grad.scatter_add_(1, teacher.topk_indices[lo:hi], p)
-        else:
-            grad += p
+
+
+GRAD_PIECES = 16  # autograd forms a chunk's gradient a sixteenth of its rows at a time (its temporaries stay small)
+
+
+def _chunk_grad(z: torch.Tensor, targets: Optional[torch.Tensor], teacher: Optional[Teacher], lo: int, hi: int,
+                temperature: float, kd_rows: Optional[torch.Tensor], ce_scale: float, kd_scale: float) -> torch.Tensor:
+    """d(loss)/dz of one chunk (rows lo..hi): autograd of the plain formulas (``F.cross_entropy`` and
+    ``F.kl_div`` of ``log_softmax(z / T)``, summed over the rows) seeded with each term's scale.
+
+    These are the float operations the whole-logits formulas perform row by row, so a row's gradient
+    is the same bits whether it is computed in this chunk, in one whole batch, or on another rank's
+    share of the batch. (A closed form such as ``T * (softmax(z / T) - p)`` is equal in exact
+    arithmetic but rounds differently, and a fake-quantized student turns such differences into
+    different rounding decisions a few steps later.) Rows are independent, so autograd runs on
+    ``GRAD_PIECES`` slices of the chunk in turn, which keeps its temporaries small."""
+    grad = torch.empty_like(z)
+    n = z.shape[0]
+    piece = max(1, -(-n // GRAD_PIECES))
+    for a in range(0, n, piece):
+        b = min(n, a + piece)
+        with torch.enable_grad():
+            x = z[a:b].detach().requires_grad_(True)
+            outputs, seeds = [], []
+            if targets is not None and ce_scale != 0.0:
+                outputs.append(F.cross_entropy(x, targets[lo + a:lo + b], ignore_index=IGNORE_INDEX, reduction="sum"))
+                seeds.append(ce_scale)
+            if teacher is not None and kd_scale != 0.0:
+                lp = teacher.log_probs(lo + a, lo + b, temperature)
+                lq_t = F.log_softmax(x / temperature, -1)
+                if teacher.sparse:
+                    lq_t = lq_t.gather(1, teacher.topk_indices[lo + a:lo + b])
+                if kd_rows is None:
+                    kd = F.kl_div(lq_t, lp, log_target=True, reduction="sum")
+                else:
+                    terms = F.kl_div(lq_t, lp, log_target=True, reduction="none")
+                    kd = (terms * kd_rows[lo + a:lo + b, None].to(terms.dtype)).sum()
+                del lp, lq_t
+                outputs.append(kd)
+                seeds.append(kd_scale)
+            if not outputs:
+                grad[a:b] = 0.0
+                continue
+            seeds = [torch.tensor(v, dtype=out.dtype, device=out.device) for out, v in zip(outputs, seeds)]
+            (grad[a:b],) = torch.autograd.grad(outputs, (x,), seeds)
+        del outputs, x
     return grad
 
 
@@ -194,7 +214,7 @@ class _HeadLoss(torch.autograd.Function):
         targets, teacher, temperature, chunk, kd_rows = ctx.opts
         n_ce, n_kd = ctx.norms
         ce_scale = float(grad_ce) / max(n_ce, 1) if targets is not None else 0.0
-        kd_scale = float(grad_kd) * temperature / max(n_kd, 1) if teacher is not None else 0.0
+        kd_scale = float(grad_kd) * temperature * temperature / max(n_kd, 1) if teacher is not None else 0.0
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
@@ -244,7 +264,7 @@ class _LogitsLoss(torch.autograd.Function):
         targets, teacher, temperature, chunk, kd_rows = ctx.opts
         n_ce, n_kd = ctx.norms
         ce_scale = float(grad_ce) / max(n_ce, 1) if targets is not None else 0.0
-        kd_scale = float(grad_kd) * temperature / max(n_kd, 1) if teacher is not None else 0.0
+        kd_scale = float(grad_kd) * temperature * temperature / max(n_kd, 1) if teacher is not None else 0.0
         grad = torch.empty_like(logits)
         for lo in range(0, logits.shape[0], chunk):
             hi = min(logits.shape[0], lo + chunk)
