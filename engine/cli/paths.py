@@ -51,23 +51,27 @@ def text_source(path: Optional[str], flag: str) -> Optional[Path]:
     return p
 
 
-def recipe_file(path: str, flag: str = "RECIPE") -> Path:
+def _existing(path: str, flag: str, folder: bool, missing: str, wrong: str) -> Path:
+    """``path`` when it exists and is a folder (``folder``) or a file; else one line with the fix."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise LowbitError(f"{flag} {path}: no such file; give a .yaml or .json recipe file")
-    if p.is_dir():
-        hint = " (to continue a run in that folder, use --resume)" if (p / "recipe.yaml").exists() else ""
-        raise LowbitError(f"{flag} {path} is a folder; give the path of a .yaml or .json recipe file{hint}")
+        raise LowbitError(f"{flag} {path}: no such {'folder' if folder else 'file'}; {missing}")
+    if p.is_dir() != folder:
+        raise LowbitError(f"{flag} {path} is a {'file' if folder else 'folder'}; {wrong}")
     return p
+
+
+def recipe_file(path: str, flag: str = "RECIPE") -> Path:
+    p = Path(path).expanduser()
+    hint = " (to continue a run in that folder, use --resume)" if (p / "recipe.yaml").exists() else ""
+    return _existing(path, flag, False, "give a .yaml or .json recipe file",
+                     f"give the path of a .yaml or .json recipe file{hint}")
 
 
 def run_folder(path: str, flag: str = "--resume") -> Path:
     """An existing run folder (it has recipe.yaml)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise LowbitError(f"{flag} {path}: no such folder; give the folder of the run")
-    if not p.is_dir():
-        raise LowbitError(f"{flag} {path} is a file; give the folder of the run (the one holding recipe.yaml)")
+    p = _existing(path, flag, True, "give the folder of the run",
+                  "give the folder of the run (the one holding recipe.yaml)")
     if not (p / "recipe.yaml").exists():
         raise LowbitError(f"{flag} {path} is not a run folder (no recipe.yaml); give the folder of a run")
     return p
