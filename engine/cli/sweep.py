@@ -50,6 +50,10 @@ def base_recipe(args) -> Dict[str, Any]:
 def cmd_sweep(args) -> int:
     from ..events import ConsoleSink
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.compile == "off":
         # small models: compiling a kernel per format costs more than it saves over a sweep's short runs
         os.environ.setdefault("LOWBIT_COMPILE", "0")
@@ -102,6 +106,7 @@ def register(sub) -> None:
     s.add_argument("--compile", choices=["off", "auto"], default="off",
                    help="torch.compile the fake-quant kernels: off (default: faster for a sweep's short runs) "
                         "or auto (LOWBIT_COMPILE decides)")
+    s.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="sweep folder to create (one run folder per run inside)")
