@@ -40,6 +40,7 @@ from .. import formats as registry
 from ..errors import LowbitError
 from ..events import CancelToken, LayerStats, ProgressTracker, Sink
 from ..fsutil import clean_json, write_json_atomic
+from ..io.batch import model_inputs
 from ..formats import Format
 from ..quant import schemes
 from ..quant.select import plan_layers, quantization_disabled
@@ -99,11 +100,13 @@ def fake_quant_once(fmt: Format, x: torch.Tensor, amax: Optional[torch.Tensor] =
         return fmt._fake_quant_impl(x, amax, False)[0]
 
 
-def model_forward(model: nn.Module, ids: torch.Tensor):
-    """One forward pass without a KV cache (when the model takes ``use_cache``)."""
+def model_forward(model: nn.Module, ids):
+    """One forward pass without a KV cache (when the model takes ``use_cache``); ``ids`` is a packed
+    ``[B, T]`` tensor or a padded batch (its attention mask goes along)."""
+    inputs = model_inputs(ids)
     if _takes_use_cache(model):
-        return model(input_ids=ids, use_cache=False)
-    return model(input_ids=ids)
+        return model(**inputs, use_cache=False)
+    return model(**inputs)
 
 
 _USE_CACHE_KWARG: Dict[type, bool] = {}
