@@ -53,11 +53,7 @@ def train_demo_model(out_dir: Path, steps: int = 1200, batch_size: int = 16, seq
     for step in range(steps):
         ids = stream.batch(step)
         loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(loss, model, opt, sched)
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
     model.eval()
@@ -66,16 +62,29 @@ def train_demo_model(out_dir: Path, steps: int = 1200, batch_size: int = 16, seq
                for i in range(0, eval_blocks.shape[0], 8)]
     ppl = math.exp(sum(nll) / len(nll))
     log(f"eval perplexity {ppl:.2f}")
-    out_dir = Path(out_dir)
+    stats = {"parameters": n_params, "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
+             "seed": seed, "eval_perplexity": round(ppl, 3), "train_blocks": int(blocks.shape[0]),
+             "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__}
+    return _save_demo(model, tok, Path(out_dir), stats, _card(stats))
+
+
+def _optimizer_step(loss, model, opt, sched) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
+def _save_demo(model, tok, out_dir: Path, stats: dict, card: str) -> dict:
+    """Write a trained demo (float16 safetensors, tokenizer, training.json, card) into a temporary
+    folder beside ``out_dir``, then put it in place of the old one."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.half().save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    stats = {"parameters": n_params, "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
-             "seed": seed, "eval_perplexity": round(ppl, 3), "train_blocks": int(blocks.shape[0]),
-             "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__}
     (tmp / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (tmp / "README.md").write_text(_card(stats))
+    (tmp / "README.md").write_text(card)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
@@ -154,11 +163,7 @@ def train_demo_encoder(out_dir: Path = DEMO_ENCODER_DIR, steps: int = 1500, batc
         b = stream.batch(step)
         inputs, labels = _mask_tokens(b.input_ids, b.attention_mask, tok, gen)
         loss = _mlm_loss(model, inputs, b.attention_mask, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(loss, model, opt, sched)
         if step % 100 == 0 or step == steps - 1:
             log(f"step {step:5d}  mlm loss {loss.item():.3f}  {time.time() - t0:.0f}s")
     model.eval()
@@ -174,20 +179,10 @@ def train_demo_encoder(out_dir: Path = DEMO_ENCODER_DIR, steps: int = 1500, batc
     encoder = BertModel(config)  # with a pooler, as sentence-embedding checkpoints ship
     missing, unexpected = encoder.load_state_dict(model.bert.state_dict(), strict=False)
     assert not unexpected and all(m.startswith("pooler.") for m in missing), (missing, unexpected)
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.half().save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
     stats = {"parameters": n_params, "steps": steps, "batch_size": batch_size, "seq_len": ENCODER_SEQ_LEN,
              "lr": lr, "seed": seed, "eval_mlm_perplexity": round(ppl, 3), "train_sentences": len(data),
              "eval_sentences": len(evals), "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__}
-    (tmp / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (tmp / "README.md").write_text(_encoder_card(stats))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return stats
+    return _save_demo(encoder, tok, Path(out_dir), stats, _encoder_card(stats))
 
 
 def _encoder_card(stats: dict) -> str:

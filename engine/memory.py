@@ -70,16 +70,23 @@ def total_ram() -> Optional[int]:
         return None
 
 
-def available_ram() -> Optional[int]:
-    """Memory the kernel says a new allocation can get without swapping (MemAvailable)."""
+def proc_kib(path: str, field: str) -> Optional[int]:
+    """A ``Field:   N kB`` line of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in KiB;
+    None where the file or the field is not there (not Linux)."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except OSError:
         pass
-    return total_ram()
+    return None
+
+
+def available_ram() -> Optional[int]:
+    """Memory the kernel says a new allocation can get without swapping (MemAvailable)."""
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    return kib * 1024 if kib is not None else total_ram()
 
 
 def fmt_bytes(n: Optional[float]) -> str:

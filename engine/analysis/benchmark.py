@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from ..memory import proc_kib
 from ..quant.linear import QuantLinear
 from ..quant.select import quantization_disabled
 from .layers import model_forward
@@ -95,13 +96,9 @@ def _reset_rss_peak() -> bool:
 
 
 def _rss_peak_mb() -> Optional[float]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    kib = proc_kib("/proc/self/status", "VmHWM")
+    if kib is not None:
+        return kib / 1024.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024.0
 

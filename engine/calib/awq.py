@@ -51,11 +51,7 @@ def awq(model: nn.Module, forward_loop: Callable[[nn.Module], None], grid: int =
         raise LowbitError(f"awq grid must be at least 2 (ratios from 0 to 1), not {grid}")
     t0 = time.perf_counter()
     result = ScalingResult("awq")
-    groups, _ = scaling.trace_groups(model, forward_loop, max_samples)
-    modules = dict(model.named_modules())
-    for gi, grp in enumerate(groups):
-        if cancel is not None:
-            cancel.check()
+    for gi, n_groups, grp, modules in scaling.each_group(model, forward_loop, max_samples, cancel):
         layers = [modules[c] for c in grp.consumers
                   if isinstance(modules[c], QuantLinear) and modules[c].weight_quantizer.enabled
                   and modules[c].weight_quantizer.fmt is not None]
@@ -76,19 +72,8 @@ def awq(model: nn.Module, forward_loop: Callable[[nn.Module], None], grid: int =
             loss = _loss(layers, x, refs, s)
             if loss < best_loss:
                 best_r, best_loss, best_s = r, loss, s
-        for layer, ref in zip(layers, refs):
-            name = next(n for n in grp.consumers if modules[n] is layer)
-            energy = float((ref ** 2).mean()) or 1.0
-            before = _loss([layer], x, [ref], None)
-            after = _loss([layer], x, [ref], best_s) if best_s is not None else before
-            result.layers.append({"name": name, "rtn_error": before / energy, "awq_error": after / energy,
-                                  "ratio": best_r})
-        if best_s is not None:
-            scaling.fold(modules, grp.producer, grp.producer_kind, grp.consumers, best_s)
-            scaling.refresh_weight_amax(modules, grp.consumers)
-        entry.update(folded=best_s is not None, ratio=best_r, loss_before=base, loss_after=best_loss)
-        result.groups.append(entry)
+        scaling.finish_group(result, entry, modules, grp, layers, refs, x, best_s, _loss, "awq_error",
+                             {"ratio": best_r}, {"ratio": best_r, "loss_before": base, "loss_after": best_loss})
         if progress is not None:
-            progress(gi + 1, len(groups), {"group": grp.consumers[0]})
-    result.seconds = time.perf_counter() - t0
-    return result
+            progress(gi + 1, n_groups, {"group": grp.consumers[0]})
+    return result.timed(t0)

@@ -20,6 +20,7 @@ The mappings come from the module graph as it runs, not from layer names:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -298,3 +299,37 @@ class ScalingResult:
     def to_dict(self) -> Dict:
         return {"algorithm": self.algorithm, "seconds": round(self.seconds, 3), "groups": self.groups,
                 "layers": self.layers}
+
+    def timed(self, t0: float) -> "ScalingResult":
+        """This result, with the seconds since ``t0`` (time.perf_counter) recorded."""
+        self.seconds = time.perf_counter() - t0
+        return self
+
+
+def finish_group(result, entry: dict, modules, grp, layers, refs, x, best_s, loss, error_key: str, extra: dict,
+                 summary: dict) -> None:
+    """Record one scaling group in ``result``: per-layer errors before and after its best scale
+    (relative to the output energy) and the group's ``entry``; then fold the scale into the
+    producer and refresh the consumers' weight scales."""
+    for layer, ref in zip(layers, refs):
+        name = next(n for n in grp.consumers if modules[n] is layer)
+        energy = float((ref ** 2).mean()) or 1.0
+        before = loss([layer], x, [ref], None)
+        after = loss([layer], x, [ref], best_s) if best_s is not None else before
+        result.layers.append({"name": name, "rtn_error": before / energy, error_key: after / energy, **extra})
+    if best_s is not None:
+        fold(modules, grp.producer, grp.producer_kind, grp.consumers, best_s)
+        refresh_weight_amax(modules, grp.consumers)
+    entry.update(folded=best_s is not None, **summary)
+    result.groups.append(entry)
+
+
+def each_group(model: nn.Module, forward_loop, max_samples: int, cancel=None):
+    """(index, number of groups, group, modules by name) for every input-sharing group the
+    calibration forwards reveal; the cancel token is checked before each group."""
+    groups, _ = trace_groups(model, forward_loop, max_samples)
+    modules = dict(model.named_modules())
+    for gi, grp in enumerate(groups):
+        if cancel is not None:
+            cancel.check()
+        yield gi, len(groups), grp, modules

@@ -56,11 +56,7 @@ def smoothquant(model: nn.Module, forward_loop: Callable[[nn.Module], None], alp
         raise LowbitError(f"smoothquant alpha must lie in [0, 1], got {alpha if alpha is not None else list(alphas)}")
     t0 = time.perf_counter()
     result = ScalingResult("smoothquant")
-    groups, _ = scaling.trace_groups(model, forward_loop, max_samples)
-    modules = dict(model.named_modules())
-    for gi, grp in enumerate(groups):
-        if cancel is not None:
-            cancel.check()
+    for gi, n_groups, grp, modules in scaling.each_group(model, forward_loop, max_samples, cancel):
         layers = [modules[c] for c in grp.consumers if isinstance(modules[c], QuantLinear)]
         entry = grp.describe()
         if not grp.foldable:
@@ -78,19 +74,8 @@ def smoothquant(model: nn.Module, forward_loop: Callable[[nn.Module], None], alp
             loss = _loss(layers, x, refs, s)
             if alpha is not None or loss < best_loss:
                 best_a, best_loss, best_s = float(a), loss, s
-        for layer, ref in zip(layers, refs):
-            name = next(n for n in grp.consumers if modules[n] is layer)
-            energy = float((ref ** 2).mean()) or 1.0
-            before = _loss([layer], x, [ref], None)
-            after = _loss([layer], x, [ref], best_s) if best_s is not None else before
-            result.layers.append({"name": name, "rtn_error": before / energy, "smoothquant_error": after / energy,
-                                  "alpha": best_a})
-        if best_s is not None:
-            scaling.fold(modules, grp.producer, grp.producer_kind, grp.consumers, best_s)
-            scaling.refresh_weight_amax(modules, grp.consumers)
-        entry.update(folded=best_s is not None, alpha=best_a, loss_before=base, loss_after=best_loss)
-        result.groups.append(entry)
+        scaling.finish_group(result, entry, modules, grp, layers, refs, x, best_s, _loss, "smoothquant_error",
+                             {"alpha": best_a}, {"alpha": best_a, "loss_before": base, "loss_after": best_loss})
         if progress is not None:
-            progress(gi + 1, len(groups), {"group": grp.consumers[0]})
-    result.seconds = time.perf_counter() - t0
-    return result
+            progress(gi + 1, n_groups, {"group": grp.consumers[0]})
+    return result.timed(t0)

@@ -57,15 +57,19 @@ def cmd_bench_train(args) -> int:
     return 0
 
 
-def cmd_bench_recovery(args) -> int:
+def _bench_recipe(args, mode: str) -> Recipe:
+    """The recipe a benchmark starts from: a recipe file, the demo Llama or the demo encoder."""
     if args.demo:
-        recipe = Recipe.from_dict(demo_recipe_dict("qad"))
-    elif args.demo_encoder:
-        recipe = Recipe.from_dict(demo_encoder_recipe_dict("qad"))
-    elif args.recipe:
-        recipe = Recipe.load(args.recipe)
-    else:
-        raise LowbitError("give a recipe file, --demo or --demo-encoder")
+        return Recipe.from_dict(demo_recipe_dict(mode))
+    if getattr(args, "demo_encoder", False):
+        return Recipe.from_dict(demo_encoder_recipe_dict(mode))
+    if args.recipe:
+        return Recipe.load(args.recipe)
+    raise LowbitError("give a recipe file, --demo" + (" or --demo-encoder" if hasattr(args, "demo_encoder") else ""))
+
+
+def cmd_bench_recovery(args) -> int:
+    recipe = _bench_recipe(args, "qad")
     updates = {k: v for k, v in (("quant.scheme", args.scheme), ("train.steps", args.steps), ("train.lr", args.lr))
                if v is not None}
     if updates:
@@ -78,12 +82,7 @@ def cmd_bench_recovery(args) -> int:
 def cmd_bench_ptq(args) -> int:
     from ..pipeline.ptqbench import default_cells, format_table, ptq_bench
 
-    if args.demo:
-        recipe = Recipe.from_dict(demo_recipe_dict("ptq"))
-    elif args.recipe:
-        recipe = Recipe.load(args.recipe)
-    else:
-        raise LowbitError("give a recipe file or --demo")
+    recipe = _bench_recipe(args, "ptq")
     cells = default_cells()
     if args.schemes:
         want = [s.strip() for s in args.schemes.split(",")]

@@ -164,14 +164,11 @@ class TrainSection(_Section):
     master_weights: bool = _opt(True, _Bool(),
                                 "a bf16/fp16 student keeps fp32 master weights for AdamW (4 bytes per parameter), "
                                 "so small updates are not rounded away")
-    chunked_vocab_loss: bool = _opt(True, _Bool(),
-                                    "causal LMs in one process: apply the LM head and the vocabulary loss a chunk of "
-                                    "tokens at a time (same values, far less memory); off = whole logits, the path "
-                                    "torchrun runs take")
+    chunked_vocab_loss: bool = _opt(True, _Bool(), "one-process causal LMs: the LM head and loss a chunk of tokens "
+                                    "at a time (same values, less memory); off = whole logits, as under torchrun")
     early_stop_perplexity: Optional[float] = _opt(None, _Float(gt=0, optional=True),
                                                   "stop once evaluation perplexity is at or below this")
-    teacher_device: Optional[str] = _opt(None, _Device(optional=True),
-                                         "device of the QAD teacher; null = the student's")
+    teacher_device: Optional[str] = _opt(None, _Device(optional=True), "device of the QAD teacher; null = the student's")
 
 
 @dataclass(frozen=True, kw_only=True)
