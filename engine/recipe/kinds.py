@@ -163,14 +163,13 @@ class _FloatOrAuto(_Float):
     def describe(self) -> str:
         return super().describe() + " or 'auto'"
 
+    def wrong(self, value: Any, key: str, hint: str = "") -> RecipeError:
+        return RecipeError(f"{key}: expected {super().describe()}, got {_show(value)}{hint} (or 'auto' to let the "
+                           "engine choose)")
+
     def _parse(self, value, key):
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise self.wrong(value, key) from None
         return super()._parse(value, key)
 
 

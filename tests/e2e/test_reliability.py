@@ -433,11 +433,11 @@ def _train_recipe(model_dir, data, steps=6):
 @pytest.mark.parametrize("fault", ["disk full", "read-only"])
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(fault, tiny_llama_dir, text_file,
                                                                           tmp_path, monkeypatch):
-    import engine.train.loop as loop
+    import engine.statefile as statefile  # checkpoints and the student file are written through it
 
     run_dir = tmp_path / "run"
     ckpts = run_dir / "checkpoints"
-    real_save = loop.save_file
+    real_save = statefile.save_file
     calls, snapshot = [], {}
 
     def save_fails_the_second_time(tensors, filename, *args, **kwargs):
@@ -448,7 +448,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(fault,
             raise OSError(code, os.strerror(code), filename)
         return real_save(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "save_file", save_fails_the_second_time)
+    monkeypatch.setattr(statefile, "save_file", save_fails_the_second_time)
     message = run_fails(_train_recipe(tiny_llama_dir, text_file), run_dir)
     monkeypatch.undo()
     reason = "No space left on device" if fault == "disk full" else "Read-only file system"

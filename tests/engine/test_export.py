@@ -86,7 +86,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _unsupported(scheme: str, target: str) -> bool:
     """Pairings a target's layout cannot express (the writer must refuse them)."""
-    return target == "modelopt" and scheme in ("W4A4-MXFP4", "W3A16-INT3", "W2A16-INT2")
+    return target == "modelopt" and scheme in ("W4A4-MXFP4", "W4A16-MXFP4", "W3A16-INT3", "W2A16-INT2")
 
 
 # ----------------------------------------------------------------------------- packing

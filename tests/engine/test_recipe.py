@@ -519,6 +519,10 @@ def valid_recipe_dicts(draw):
 @settings(max_examples=100, deadline=None)
 @given(valid_recipe_dicts())
 def test_valid_recipes_round_trip(data):
+    for info in schema():  # keys the strategy does not draw keep their defaults
+        if "[]" not in info.key and not info.required:
+            section, _, name = info.key.rpartition(".")
+            (data[section] if section else data).setdefault(name, info.default)
     r = Recipe.from_dict(data, require_version=True)
     assert r.to_dict() == data
     assert Recipe.from_dict(r.to_dict()) == r
