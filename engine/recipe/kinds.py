@@ -157,6 +157,14 @@ class _Float(_Number):
         return number
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class _FloatOrAuto(_Float):
     """A bounded number, or the word 'auto' (the engine picks the value)."""
 
@@ -164,6 +172,8 @@ class _FloatOrAuto(_Float):
         return super().describe() + " or 'auto'"
 
     def wrong(self, value: Any, key: str, hint: str = "") -> RecipeError:
+        if isinstance(value, str) and not _looks_numeric(value):  # a word that is not 'auto'
+            return super().wrong(value, key, hint)
         return RecipeError(f"{key}: expected {super().describe()}, got {_show(value)}{hint} (or 'auto' to let the "
                            "engine choose)")
 
