@@ -58,3 +58,31 @@ def image_is_not_blank(path: Path) -> bool:
         return False
     colours = {img.pixel(x, y) for x in range(0, img.width(), 17) for y in range(0, img.height(), 17)}
     return len(colours) > 8
+
+
+class GapProbe:
+    """A 10 ms timer on the GUI thread that records the time between its ticks (the GUI's stalls)."""
+
+    def __init__(self):
+        import time
+
+        from PySide6.QtCore import QTimer
+
+        self._clock = time.perf_counter
+        self.gaps = []
+        self._last = self._clock()
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = self._clock()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self):
+        self._last = self._clock()
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import apply_fast, choose_data, image_is_not_blank, load_model, screenshot
-from PySide6.QtCore import QTimer
+from app_helpers import GapProbe, apply_fast, choose_data, image_is_not_blank, load_model, screenshot
 from PySide6.QtWidgets import QMessageBox
 
 from engine.errors import Cancelled
@@ -177,18 +176,10 @@ def test_window_stays_responsive_while_rescanning_200_runs(qtbot, window, runs_d
         for name in ("recipe.yaml", "events.jsonl", "report.json"):
             shutil.copyfile(src / name, dst / name)
     window.go_to("library")
-    gaps, last = [], [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
+    probe = GapProbe()
+    gaps = probe.gaps
     # the same probe with nothing to do first: on a shared, loaded machine the OS alone delays the timer
-    timer.start()
+    probe.start()
     qtbot.wait(1000)
     idle = max(gaps[1:])
     gaps.clear()
@@ -199,7 +190,7 @@ def test_window_stays_responsive_while_rescanning_200_runs(qtbot, window, runs_d
         qtbot.waitUntil(lambda: not window.library.scan_task.busy, timeout=60_000)
         qtbot.wait(100)
     scan_s = time.perf_counter() - t0
-    timer.stop()
+    probe.stop()
     worst = max(gaps)
     print(f"200 runs: two rescans in {scan_s:.2f} s, timer ticks {len(gaps)}, largest gap {1000 * worst:.1f} ms, "
           f"median {1000 * sorted(gaps)[len(gaps) // 2]:.1f} ms; idle probe's largest gap {1000 * idle:.1f} ms")

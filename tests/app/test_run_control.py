@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from app_helpers import apply_fast, choose_data, load_model, wait_run_end
-from PySide6.QtCore import QTimer
+from app_helpers import GapProbe, apply_fast, choose_data, load_model, wait_run_end
 
 
 def _start_qad(qtbot, window, tiny_llama_dir, text_file, steps=100_000):
@@ -43,24 +41,14 @@ def test_gui_thread_stays_responsive_during_a_run(qtbot, window, tiny_llama_dir,
     choose_data(qtbot, window, text_file)
     apply_fast(window, **{"mode": "qad", "train.steps": 100_000, "train.eval_every": 5, "train.checkpoint_every": 0,
                           "train.warmup_steps": 2})
-    gaps = []
-    last = [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
+    probe = GapProbe()
+    gaps = probe.gaps
     curves = window.results_panel.curves
-    last[0] = time.perf_counter()
-    timer.start()
+    probe.start()
     window.start_run()  # the run loads the model again, calibrates, evaluates, then trains
     qtbot.waitUntil(lambda: len(curves.series["perplexity"]) >= 2, timeout=90_000)
     qtbot.wait(500)
-    timer.stop()
+    probe.stop()
     window.cancel_run()
     wait_run_end(qtbot, window, timeout=30_000)
     worst = max(gaps)
