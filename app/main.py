@@ -35,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from . import theme
+    from . import gcguard, theme
     from .defaults import default_recipe_path
     from .settings import APPLICATION, ORGANIZATION, THEME, Settings
     from .window import MainWindow
@@ -45,6 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("Lowbit Studio")
     app.setWindowIcon(theme.app_icon())
+    gcguard.install(app)  # garbage that holds Qt objects is freed on this thread, never on a worker's
     settings = Settings()
     theme.apply_theme(app, args.theme or settings.get(THEME))
 

@@ -26,6 +26,23 @@ def light_theme(qapp):
     yield
 
 
+@pytest.fixture(autouse=True)
+def gui_thread_gc(qapp):
+    """The app's collector guard, as `lowbit-studio` runs it: cyclic garbage is freed on the GUI thread only.
+
+    Without it, an earlier test's window caught in a reference cycle can be
+    collected on a worker thread while the GUI thread deletes its children,
+    and the two threads deadlock (CI hung that way once). Autouse, so it is set
+    up before the window fixture and stopped after the window is gone.
+    """
+    from app.gcguard import GuiThreadCollector
+
+    guard = GuiThreadCollector(qapp)
+    guard.start()
+    yield guard
+    guard.stop()
+
+
 @pytest.fixture
 def window(qtbot, tmp_path):
     """A shown main window with its runs folder in tmp_path; closed, and its threads joined, afterwards."""

@@ -46,8 +46,9 @@ def test_gui_thread_stays_responsive_during_a_run(qtbot, window, tiny_llama_dir,
     curves = window.results_panel.curves
     probe.start()
     window.start_run()  # the run loads the model again, calibrates, evaluates, then trains
-    qtbot.waitUntil(lambda: len(curves.series["perplexity"]) >= 2, timeout=90_000)
-    qtbot.wait(500)
+    # at least two evaluations and a second of ticks (a fast machine gets to the evaluations in under one)
+    qtbot.waitUntil(lambda: len(curves.series["perplexity"]) >= 2 and len(gaps) > 100, timeout=90_000)
+    qtbot.wait(200)
     probe.stop()
     window.cancel_run()
     wait_run_end(qtbot, window, timeout=30_000)
