@@ -41,27 +41,38 @@ def _want_compile(x: torch.Tensor, need_mask: bool = False) -> bool:
     return x.numel() >= (MIN_NUMEL_TRAINING if need_mask else MIN_NUMEL) and x.device.type in ("cpu", "cuda")
 
 
-def _kernel(fmt, need_mask: bool):
-    key = (fmt.name, need_mask)
+def _kernel(fmt, need_mask: bool, cols: int):
+    key = (fmt.name, need_mask, cols)
     fn = _compiled.get(key)
     if fn is None:
         def impl(x, amax):
             return fmt._fake_quant_impl(x, amax, need_mask)
 
-        # Dynamo caches compiled code per code object; a code object of its own per
-        # format keeps one format's recompilations from evicting or slowing another's.
+        # Dynamo caches compiled code per code object. One code object per format and row
+        # width keeps the width static (a symbolic width made the kernels about 3x slower)
+        # and keeps one shape's recompilations from evicting or slowing another's; only the
+        # number of rows varies, and it is dynamic from the first call.
         tag = re.sub(r"\W", "_", fmt.name)
-        impl.__code__ = impl.__code__.replace(co_name=f"fake_quant_{tag}{'_ste' if need_mask else ''}")
+        impl.__code__ = impl.__code__.replace(co_name=f"fake_quant_{tag}{'_ste' if need_mask else ''}_{cols}")
         fn = torch.compile(impl, dynamic=None, fullgraph=True)
         _compiled[key] = fn
     return fn
 
 
+def _run_compiled(fmt, x: torch.Tensor, amax, need_mask: bool):
+    # every format groups along the last dimension only, so a 2-D view of rows is the same problem
+    cols = x.shape[-1]
+    x2 = x.reshape(-1, cols)
+    torch._dynamo.maybe_mark_dynamic(x2, 0)
+    y, mask = _kernel(fmt, need_mask, cols)(x2, amax)
+    return y.reshape(x.shape), (mask.reshape(x.shape) if mask is not None else None)
+
+
 def run(fmt, x: torch.Tensor, amax, need_mask: bool):
     global _broken
-    if _want_compile(x, need_mask):
+    if x.dim() >= 1 and _want_compile(x, need_mask):
         try:
-            return _kernel(fmt, need_mask)(x, amax)
+            return _run_compiled(fmt, x, amax, need_mask)
         except Exception as exc:  # compiler missing or unsupported op: eager is always correct
             _broken = True
             warnings.warn(f"torch.compile unavailable for fake quantization ({type(exc).__name__}: {exc}); "

@@ -169,6 +169,10 @@ class Format:
         y, mask = self._grouped_fake_quant(xg, self._amax_grouped(amax, xg), need_mask)
         y = self.ungroup(y, x).to(x.dtype)
         if mask is not None:
+            if torch.compiler.is_compiling():
+                # int8 rather than bool: the CPU code generator stores a bool result one
+                # element at a time (the whole fused kernel ran ~8x slower), an int8 one as a vector
+                mask = torch.where(mask, 1, 0).to(torch.int8)
             mask = self.ungroup(mask, x)
         return y, mask
 

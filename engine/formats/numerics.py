@@ -16,6 +16,8 @@ Conventions pinned down by the tests:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _EXP_MASK = 0x7F800000
@@ -46,9 +48,30 @@ def round_minifloat(y: torch.Tensor, mbits: int, emin: int, maxval: float) -> to
     does the whole rounding; a carry into the next binade lands on an even code.
     """
     y = y.clamp(-maxval, maxval)
-    binade = (y.view(torch.int32) & _EXP_MASK).view(torch.float32)
-    quantum = torch.clamp(binade * (2.0 ** -mbits), min=2.0 ** (emin - mbits))
+    if torch.compiler.is_compiling():
+        quantum = _quantum_by_comparison(y.abs(), mbits, emin, maxval)
+    else:
+        binade = (y.view(torch.int32) & _EXP_MASK).view(torch.float32)
+        quantum = torch.clamp(binade * (2.0 ** -mbits), min=2.0 ** (emin - mbits))
     return torch.round(y / quantum) * quantum
+
+
+def _quantum_by_comparison(a: torch.Tensor, mbits: int, emin: int, maxval: float) -> torch.Tensor:
+    """The same quantum as the exponent-bit reading, from one comparison per binade of the grid.
+
+    Inside ``torch.compile`` this is the faster lowering: the float-to-int bit view
+    keeps the CPU code generator from vectorising the loop (about 6x slower on E2M1
+    elements), while comparisons and selects vectorise. Above the smallest normal
+    binade each threshold 2**e that |y| reaches doubles the quantum; below it the
+    subnormal quantum holds. NaN compares false everywhere and keeps the smallest
+    quantum, which leaves it NaN as before. Exactly equal to the bit reading
+    (tests compare the two over every binade and its edges).
+    """
+    emax = math.floor(math.log2(maxval))
+    quantum = torch.full_like(a, 2.0 ** (emin - mbits))
+    for e in range(emin + 1, emax + 1):
+        quantum = torch.where(a >= 2.0 ** e, 2.0 ** (e - mbits), quantum)
+    return quantum
 
 
 def safe_scale(s: torch.Tensor) -> torch.Tensor:

@@ -645,11 +645,33 @@ def test_compiled_kernel_matches_eager(monkeypatch):
         monkeypatch.setenv("LOWBIT_COMPILE", "1")
         compiled = run(name)
         assert not _compile._broken, "torch.compile failed and fell back to eager"
-        assert (name, True) in _compile._compiled
-        assert (name in COMPILED_NO_GRAD) == ((name, False) in _compile._compiled)
+        assert (name, True, 1000) in _compile._compiled  # one kernel per format and row width
+        assert (name in COMPILED_NO_GRAD) == ((name, False, 1000) in _compile._compiled)
         for a, b, what in zip(compiled, eager, ("output", "gradient", "output (no grad)")):
             if b is not None:
                 assert_bits(a, b, x_np, what=f"{name} compiled {what}")
+
+
+@pytest.mark.parametrize("grid", [(1, 0, 6.0), (2, -2, 28.0), (3, 0, 7.5), (3, -6, 448.0), (2, -14, 57344.0)],
+                         ids=["e2m1", "e3m2", "e2m3", "e4m3", "e5m2"])
+def test_compiled_quantum_equals_the_exponent_bits(grid):
+    """The comparison lowering used inside torch.compile picks the same quantum as the bit reading,
+    on a sweep of float32 bit patterns and on both sides of every power of two (NaN included)."""
+    from engine.formats.numerics import _EXP_MASK, _quantum_by_comparison
+
+    mbits, emin, maxval = grid
+    patterns = torch.arange(0, 0x7F800000, 4099, dtype=torch.int64).to(torch.int32)
+    sweep = patterns.view(torch.float32)
+    powers = torch.tensor([2.0 ** e for e in range(-149, 128)], dtype=torch.float32)
+    edges = torch.cat([powers, torch.nextafter(powers, torch.zeros(1)), torch.nextafter(powers, powers * 4)])
+    a = torch.cat([sweep, edges, torch.tensor([0.0, float("nan")])]).clamp(max=maxval)
+    binade = (a.view(torch.int32) & _EXP_MASK).view(torch.float32)
+    bits = torch.clamp(binade * (2.0 ** -mbits), min=2.0 ** (emin - mbits))
+    ours = _quantum_by_comparison(a, mbits, emin, maxval)
+    finite = torch.isfinite(a)
+    assert torch.equal(ours[finite], bits[finite])
+    # NaN: the quantum does not matter (round(NaN / q) * q is NaN), but it must be finite and positive
+    assert bool((ours[~finite] > 0).all())
 
 
 # --------------------------------------------------------------------------------------
