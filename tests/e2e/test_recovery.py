@@ -52,6 +52,8 @@ def test_qad_brings_an_encoders_embeddings_back_toward_the_original(tiny_bert_di
         "analysis": {"benchmark": False}, "device": "cpu"})
     rep = run(recipe, run_dir=tmp_path / "run").report
     ptq, final = rep["ptq"], rep["final"]
-    # measured: embedding cosine 0.99905 -> 0.99986, token cosine 0.99947 -> 0.99981
+    # measured (issue 13's sentence path: one sample per line with [CLS]/[SEP] and masks, the encoder's
+    # default training batch of 32 sentences, deterministic student): mean-pooled embedding cosine
+    # 0.99912 -> 0.99996, token cosine 0.99951 -> 0.99996, hidden MSE 9.9e-4 -> 8.2e-5
     assert 1 - final["embedding_cosine"] < 0.5 * (1 - ptq["embedding_cosine"]), (ptq, final)
     assert final["cosine"] > ptq["cosine"] and final["mse"] < ptq["mse"]
