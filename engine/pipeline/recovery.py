@@ -60,12 +60,19 @@ def recovery(recipe, workdir: Optional[Path] = None, log: Callable[[str], None] 
             continue
         rep = run(recipe.with_updates({"mode": mode, "export.format": None}), run_dir=workdir / mode).report
         out[mode] = rep["final"]
+        out[f"{mode}_settings"] = dict(rep.get("train_settings") or {})
+        if rep.get("lr_probe"):
+            out[f"{mode}_settings"]["lr_probe"] = rep["lr_probe"]
         log(f"{mode}: done")
     if kind == "encoder":
         out["metric"] = "embedding_cosine"
         ptq = out["ptq"]["embedding_cosine"]
         gap = 1.0 - ptq
         out["qad_recovered"] = (out["qad"]["embedding_cosine"] - ptq) / gap if gap > 0 else float("nan")
+        if "cls_embedding_cosine" in out["ptq"] and "cls_embedding_cosine" in out["qad"]:
+            cls_ptq = out["ptq"]["cls_embedding_cosine"]
+            out["qad_recovered_cls"] = ((out["qad"]["cls_embedding_cosine"] - cls_ptq) / (1.0 - cls_ptq)
+                                        if cls_ptq < 1.0 else float("nan"))
     elif "perplexity" in out["baseline"]:
         out["metric"] = "perplexity"
         out["finetune_only"] = finetune_only(recipe)
@@ -91,6 +98,14 @@ def format_table(res: Dict[str, object]) -> str:
     for mode in ("qat", "qad"):
         if f"{mode}_recovered" in res:
             lines.append(f"{mode.upper()} recovers {100 * res[f'{mode}_recovered']:.1f}% of the PTQ {what} gap")
+    if "qad_recovered_cls" in res:
+        lines.append(f"QAD recovers {100 * res['qad_recovered_cls']:.1f}% of the PTQ CLS-pooled cosine gap")
     if res.get("kind") == "encoder":
         lines.append("QAT: not possible on an encoder without a task head")
+    for mode in ("qat", "qad"):
+        st = res.get(f"{mode}_settings")
+        if st:
+            probe = f" (probed: {st['lr_probe']['chosen']:g})" if st.get("lr_probe") else ""
+            lines.append(f"{mode.upper()} settings: lr {st.get('lr', 0):g}{probe}, batch {st.get('batch_size')}, "
+                         f"warm-up {st.get('warmup_steps')}, dropout {st.get('dropout')}")
     return "\n".join(lines)
