@@ -42,7 +42,9 @@ from ..quant.linear import QuantLinear
 from ..quant.select import quant_layers
 from . import blocks as _blocks
 
-DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": False}
+DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": False, "scale_search": True}
+# the clipping ratios of a group's max that the scale search tries (``scale_search``)
+SEARCH_GRID, SEARCH_MIN_RATIO = 20, 0.5
 
 
 @dataclass
@@ -81,16 +83,48 @@ def relative_output_error(weight: torch.Tensor, q: torch.Tensor, H: torch.Tensor
     return float(((d @ H) * d).sum()) / den if den > 0 else 0.0
 
 
+def searched_group_params(fmt: Format, values: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                          grid: int = SEARCH_GRID, min_ratio: float = SEARCH_MIN_RATIO) -> dict:
+    """Scales of each row of ``values`` [rows, group] chosen by an error search.
+
+    For a format whose per-group amax is stored (``fixed_scale_store == "group"``), each
+    row's amax is tried at ``grid`` ratios from ``min_ratio`` to 1 of its max, and the one
+    whose rounding ``quantize_fixed`` leaves the least squared error (each column weighted
+    by ``weight``, e.g. the Hessian diagonal) is kept; ties keep the larger amax. Returns
+    ``fmt.group_params(values, amax)`` of the chosen amax, so the scales are the format's
+    own rule applied to a stored amax and fake_quant reproduces them.
+    """
+    a0 = finite_abs(values).amax(-1, keepdim=True)
+    w = weight.reshape(1, -1) if weight is not None else None
+    best_amax, best_err = a0, None
+    for r in torch.linspace(1.0, min_ratio, grid).tolist():
+        cand = a0 * r
+        d = fmt.quantize_fixed(values, fmt.group_params(values, cand)) - values
+        d = d * d
+        err = (d * w if w is not None else d).sum(-1, keepdim=True)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_amax = torch.where(better, cand, best_amax)
+        best_err = torch.where(better, err, best_err)
+    return fmt.group_params(values, best_amax)
+
+
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, fmt: Format, tensor_amax: Optional[torch.Tensor] = None,
-                  damp: float = 0.01, block_size: int = 128, act_order: bool = False
-                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                  damp: float = 0.01, block_size: int = 128, act_order: bool = False,
+                  scale_search: bool = False, search_grid: int = SEARCH_GRID,
+                  search_min_ratio: float = SEARCH_MIN_RATIO) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """GPTQ-round ``weight`` [rows, cols] under Hessian ``H`` [cols, cols] in format ``fmt``.
 
     ``tensor_amax`` (scalar, or [rows, 1]) is the per-tensor amax of formats that take one
     (NVFP4's global scale, integer / FP8 per-tensor scales); None measures it on the weight.
-    Returns (Q, amax): the fake-quantized result (float32) and, for formats whose scales a
-    calibrated amax reproduces, the amax per group to store (else None).
+    ``scale_search`` picks each group's amax by :func:`searched_group_params` (weighted by the
+    Hessian diagonal) instead of the group's max, for formats that store a per-group or
+    per-channel amax; others keep their rule. Returns (Q, amax): the fake-quantized result
+    (float32) and, for formats whose scales a calibrated amax reproduces, the amax per group
+    to store (else None).
     """
     if damp <= 0:
         raise LowbitError(f"gptq damp must be positive (a fraction of the mean Hessian diagonal), not {damp}")
@@ -99,7 +133,8 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, fmt: Format, tensor_ama
     W = weight.detach().float().clone()
     rows, cols = W.shape
     H = H.detach().float().clone().to(W.device)
-    dead = torch.diag(H) == 0
+    hdiag = torch.diag(H).clone()  # original column order, before damping
+    dead = hdiag == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     perm = invperm = None
@@ -125,9 +160,15 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, fmt: Format, tensor_ama
     pins: List[Optional[torch.Tensor]] = [None] * n_groups
     orig = W[:, invperm] if act_order else W  # original column order
 
+    search = scale_search and fmt.fixed_scale_store == "group"
+
     def set_group(g: int, values: torch.Tensor) -> None:
         amax = tensor_amax if fmt.fixed_scale_store == "tensor" else None
-        params[g] = fmt.group_params(values, amax)
+        if search:
+            params[g] = searched_group_params(fmt, values, hdiag[g * G:g * G + values.shape[1]],
+                                              search_grid, search_min_ratio)
+        else:
+            params[g] = fmt.group_params(values, amax)
         pins[g] = fmt.pin_positions(values, params[g])
 
     if per_tensor:  # one scale for the whole matrix, from the whole matrix
@@ -258,7 +299,8 @@ def _quantize_layers(named: List[Tuple[str, QuantLinear]], hess: _Hessians, sett
             tensor_amax = amaxes[0] if len(members) == 1 else torch.cat(
                 [a.reshape(1, 1).expand(w.shape[0], 1) for a, w in zip(amaxes, Ws)])
         Q, amax = gptq_quantize(W, H, fmt, tensor_amax, settings["damp"], settings["block_size"],
-                                settings["act_order"])
+                                settings["act_order"], settings["scale_search"], settings["search_grid"],
+                                settings["search_min_ratio"])
         seconds = time.perf_counter() - t0
         row0 = 0
         for (name, layer), w in zip(members, Ws):
@@ -308,7 +350,8 @@ class _only_weights_in:
 
 @torch.no_grad()
 def gptq(model: nn.Module, forward_loop: Callable[[nn.Module], None], damp: float = 0.01, block_size: int = 128,
-         act_order: bool = False, progress: Optional[Callable[[int, int, Dict], None]] = None,
+         act_order: bool = False, scale_search: bool = True, search_grid: int = SEARCH_GRID,
+         search_min_ratio: float = SEARCH_MIN_RATIO, progress: Optional[Callable[[int, int, Dict], None]] = None,
          cancel: Optional[CancelToken] = None) -> GPTQResult:
     """GPTQ every supported QuantLinear of ``model`` on the calibration data of ``forward_loop``.
 
@@ -316,9 +359,14 @@ def gptq(model: nn.Module, forward_loop: Callable[[nn.Module], None], damp: floa
     is called after each block (info: the block's name and seconds); ``cancel`` is checked
     between layers. Layers outside the blocks (a quantized head) are done last on a full pass.
     The activation quantizers stay off while the Hessians are collected; calibrate the
-    activations afterwards.
+    activations afterwards. ``scale_search``: see :func:`gptq_quantize`.
     """
-    settings = {"damp": float(damp), "block_size": int(block_size), "act_order": bool(act_order)}
+    if search_grid < 2 or not 0 < search_min_ratio < 1:
+        raise LowbitError(f"gptq scale search needs a grid of at least 2 ratios in (0, 1], "
+                          f"not {search_grid} from {search_min_ratio}")
+    settings = {"damp": float(damp), "block_size": int(block_size), "act_order": bool(act_order),
+                "scale_search": bool(scale_search), "search_grid": int(search_grid),
+                "search_min_ratio": float(search_min_ratio)}
     result = GPTQResult()
     t_start = time.perf_counter()
     prefix, stack = _blocks.find_blocks(model)

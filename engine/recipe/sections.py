@@ -110,6 +110,10 @@ class CalibrationSection(_Section):
     gptq_damp: float = _opt(0.01, _Float(gt=0, le=1), "GPTQ damping, a fraction of the mean Hessian diagonal")
     gptq_block_size: int = _opt(128, _Int(ge=1), "GPTQ columns updated eagerly before one lazy matrix update")
     gptq_act_order: bool = _opt(False, _Bool(), "GPTQ rounds the columns with the largest activations first")
+    gptq_scale_search: bool = _opt(True, _Bool(),
+                                   "GPTQ picks each group's scale by a search: calibration.mse_grid clipping ratios of "
+                                   "the group's max from calibration.mse_min_ratio to 1, keeping the least squared "
+                                   "rounding error weighted by the Hessian diagonal (formats with stored scales)")
     awq_grid: int = _opt(20, _Int(ge=2), "AWQ scale exponents tried between 0 and 1")
     smoothquant_alpha: Any = _opt("auto", _FloatOrAuto(ge=0, le=1),
                                   "SmoothQuant migration strength in [0, 1]; 'auto' searches 0.3 .. 0.8 per layer group")

@@ -24,7 +24,22 @@ def _eager_fake_quant(monkeypatch):
 
 # ------------------------------------------------------------------ one layer, brute force
 
-def _sequential_least_squares(W0, X, fmt, damp):
+def _searched_amax(fmt, values, hdiag, grid=20, min_ratio=0.5):
+    """By definition: per row, the clipped max r * max (r from 1 down) of least Hessian-weighted error."""
+    a0 = values.abs().amax(-1, keepdim=True)
+    out = a0.clone()
+    for i in range(values.shape[0]):
+        best = None
+        for r in torch.linspace(1.0, min_ratio, grid).tolist():
+            a = a0[i:i + 1] * r
+            q = fmt.fake_quant(values[i:i + 1], a)
+            e = float((((q - values[i:i + 1]) ** 2) * hdiag).sum())
+            if best is None or e < best:
+                best, out[i] = e, a
+    return out
+
+
+def _sequential_least_squares(W0, X, fmt, damp, search=False):
     """GPTQ by definition: round column j with its group's scale, then set every column after j
     to the least-squares optimum of the damped output error given the columns already rounded."""
     W0 = W0.double()
@@ -37,7 +52,9 @@ def _sequential_least_squares(W0, X, fmt, damp):
     params = None
     for j in range(cols):
         if j % G == 0:
-            params = fmt.group_params(cur[:, j:j + G].float())
+            vals = cur[:, j:j + G].float()
+            amax = _searched_amax(fmt, vals, (2.0 / n * X.T @ X).diagonal()[j:j + G].float()) if search else None
+            params = fmt.group_params(vals, amax)
         Q[:, j] = fmt.quantize_fixed(cur[:, j:j + 1].float(), params).squeeze(1).double()
         if j + 1 < cols:
             fixed = (Q[:, :j + 1] - W0[:, :j + 1]) @ A[:, :j + 1].T  # [rows, cols] residual of the fixed part
@@ -66,6 +83,22 @@ def test_single_layer_equals_sequential_least_squares(fmt_name, block_size):
     assert err(Q) < 0.9 * err(rtn)
 
 
+@pytest.mark.parametrize("fmt_name", ["int3_g4", "int2"])
+def test_scale_search_equals_least_squares_with_searched_scales(fmt_name):
+    g = torch.Generator().manual_seed(4)
+    rows, cols, n = 5, 16, 40
+    X = torch.randn(n, cols, generator=g) @ (torch.eye(cols) + 0.6 * torch.randn(cols, cols, generator=g))
+    W = torch.randn(rows, cols, generator=g)
+    fmt = formats.get(fmt_name)
+    H = 2.0 / n * X.T @ X
+    Q, amax = gptq_quantize(W, H, fmt, damp=0.05, block_size=8, scale_search=True)
+    ref = _sequential_least_squares(W, X, fmt, 0.05, search=True)
+    assert torch.allclose(Q.double(), ref, rtol=0, atol=1e-5), (Q - ref).abs().max()
+    assert torch.equal(fmt.fake_quant(Q, amax), Q)  # the stored amax reproduces the searched scales
+    plain, _ = gptq_quantize(W, H, fmt, damp=0.05, block_size=8)
+    assert not torch.equal(Q, plain)  # the search chose other scales than the groups' max somewhere
+
+
 def test_act_order_equals_least_squares_in_its_column_order():
     g = torch.Generator().manual_seed(5)
     rows, cols, n = 4, 12, 48
@@ -83,8 +116,9 @@ ALL_WEIGHT_FORMATS = ["int8", "int4_g32", "int3_g32", "int2_g32", "int4_tensor",
                       "fp8_e4m3", "fp8_e4m3_channel", "nvfp4", "mxfp4", "mxfp8", "mxfp6_e3m2"]
 
 
+@pytest.mark.parametrize("search", [False, True])
 @pytest.mark.parametrize("fmt_name", ALL_WEIGHT_FORMATS)
-def test_fake_quant_of_the_result_is_the_result(fmt_name):
+def test_fake_quant_of_the_result_is_the_result(fmt_name, search):
     """Stored with the returned amax, the GPTQ matrix passes fake_quant unchanged: what runs,
     what trains and what exports is the GPTQ solution."""
     g = torch.Generator().manual_seed(7)
@@ -94,7 +128,7 @@ def test_fake_quant_of_the_result_is_the_result(fmt_name):
     W[0, 5] = 8.0  # an outlier that sets a tensor scale
     fmt = formats.get(fmt_name)
     H = 2.0 / n * X.T @ X
-    Q, amax = gptq_quantize(W, H, fmt, damp=0.01, block_size=64)
+    Q, amax = gptq_quantize(W, H, fmt, damp=0.01, block_size=64, scale_search=search)
     if fmt.fixed_scale_store == "group":
         assert amax is not None
         stored = amax
@@ -237,6 +271,7 @@ def test_recipe_keys_validate_and_round_trip():
 
     r = Recipe.from_dict({"model": {"path": "demo"}, "calibration": {
         "algorithm": "awq+gptq", "gptq_damp": 0.05, "gptq_block_size": 64, "gptq_act_order": True,
+        "gptq_scale_search": False,
         "awq_grid": 10, "smoothquant_alpha": 0.6}})
     again = Recipe.from_yaml(r.to_yaml())
     assert again.calibration == r.calibration and again.calibration.algorithm == "awq+gptq"
@@ -244,5 +279,9 @@ def test_recipe_keys_validate_and_round_trip():
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"algorithm": "gptqq"}})
     with pytest.raises(RecipeError, match="smoothquant_alpha"):
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"smoothquant_alpha": 2}})
+    assert again.calibration.gptq_scale_search is False
+    assert Recipe.from_dict({"model": {"path": "demo"}}).calibration.gptq_scale_search is True
+    with pytest.raises(RecipeError, match="gptq_scale_search"):
+        Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_scale_search": "yes please"}})
     with pytest.raises(RecipeError, match="gptq_damp"):
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_damp": 0}})

@@ -55,7 +55,9 @@ def calibrate_stage(ctx: RunContext) -> None:
         ctx.original_weights = {n: m.weight.detach().to("cpu", copy=True) for n, m in quant_layers(model)}
         with ctx.stage("gptq", None, detail=f"{len(batches)} batches") as prog:
             res = gptq(model, plain_loop, damp=r.calibration.gptq_damp, block_size=r.calibration.gptq_block_size,
-                       act_order=r.calibration.gptq_act_order, cancel=ctx.cancel,
+                       act_order=r.calibration.gptq_act_order, scale_search=r.calibration.gptq_scale_search,
+                       search_grid=r.calibration.mse_grid, search_min_ratio=r.calibration.mse_min_ratio,
+                       cancel=ctx.cancel,
                        progress=lambda i, total, info: ctx.log(
                            f"gptq: block {i}/{total} ({info['block']}) in {info['seconds']:.2f} s"))
         ctx.log(f"gptq: {len(res.layers)} layers in {res.seconds:.1f} s")
