@@ -66,6 +66,8 @@ def format_table(res: Dict) -> str:
         if "rtn" in algos and "gptq" in algos:
             g_rtn = algos["rtn"]["ptq"] - res["baseline"]
             g = algos["gptq"]["ptq"] - res["baseline"]
-            closed = (g_rtn - g) / g_rtn if g_rtn > 0 else float("nan")
-            lines.append(f"{scheme}: GPTQ closes {closed:.0%} of RTN's perplexity gap")
+            if g_rtn > 0:
+                lines.append(f"{scheme}: GPTQ closes {(g_rtn - g) / g_rtn:.0%} of RTN's perplexity gap")
+            else:  # RTN already at or below the baseline (evaluation noise): a ratio would mean nothing
+                lines.append(f"{scheme}: RTN has no perplexity gap to close ({g_rtn:+.3f}); GPTQ's gap {g:+.3f}")
     return "\n".join(lines)
