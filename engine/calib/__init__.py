@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..quant.select import quant_layers
+from .clip import best_clip
 
 METHODS = ("max", "percentile", "mse")
 
@@ -53,22 +54,11 @@ def calibrate_weights(model: nn.Module, method: str = "max", mse_grid: int = 20,
 @torch.no_grad()
 def mse_amax(fmt, w: torch.Tensor, amax: torch.Tensor, grid: int = 20, min_ratio: float = 0.5) -> torch.Tensor:
     """Per scale group, the clipped amax r * amax that minimises the squared error of fake_quant(w)."""
-    ratios = torch.linspace(min_ratio, 1.0, grid, device=w.device)
-    best_err = None
-    best = amax.clone()
-    for r in ratios:
-        cand = amax * r
-        err = (fmt.fake_quant(w, cand) - w).float().pow(2)
-        err = fmt.group_view(err).sum(-1)
-        err = err.sum() if amax.dim() == 0 else err.reshape(amax.shape)
-        if best_err is None:
-            best_err = err
-            best = cand
-        else:
-            better = err < best_err
-            best = torch.where(better, cand, best)
-            best_err = torch.where(better, err, best_err)
-    return best
+    def error_of(cand: torch.Tensor) -> torch.Tensor:
+        err = fmt.group_view((fmt.fake_quant(w, cand) - w).float().pow(2)).sum(-1)
+        return err.sum() if amax.dim() == 0 else err.reshape(amax.shape)
+
+    return best_clip(amax, torch.linspace(min_ratio, 1.0, grid, device=w.device), error_of)
 
 
 def calibrate_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None], method: str = "max",

@@ -41,6 +41,7 @@ from ..formats.numerics import finite_abs
 from ..quant.linear import QuantLinear
 from ..quant.select import quant_layers
 from . import blocks as _blocks
+from .clip import best_clip
 
 DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": False, "scale_search": True}
 # the clipping ratios of a group's max that the scale search tries (``scale_search``)
@@ -94,21 +95,16 @@ def searched_group_params(fmt: Format, values: torch.Tensor, weight: Optional[to
     ``fmt.group_params(values, amax)`` of the chosen amax, so the scales are the format's
     own rule applied to a stored amax and fake_quant reproduces them.
     """
-    a0 = finite_abs(values).amax(-1, keepdim=True)
     w = weight.reshape(1, -1) if weight is not None else None
-    best_amax, best_err = a0, None
-    for r in torch.linspace(1.0, min_ratio, grid).tolist():
-        cand = a0 * r
+
+    def error_of(cand: torch.Tensor) -> torch.Tensor:
         d = fmt.quantize_fixed(values, fmt.group_params(values, cand)) - values
         d = d * d
-        err = (d * w if w is not None else d).sum(-1, keepdim=True)
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best_amax = torch.where(better, cand, best_amax)
-        best_err = torch.where(better, err, best_err)
-    return fmt.group_params(values, best_amax)
+        return (d * w if w is not None else d).sum(-1, keepdim=True)
+
+    best = best_clip(finite_abs(values).amax(-1, keepdim=True), torch.linspace(1.0, min_ratio, grid).tolist(),
+                     error_of)
+    return fmt.group_params(values, best)
 
 
 @torch.no_grad()
