@@ -110,7 +110,6 @@ def test_two_processes_calibrate_and_train_like_one(runs):
     amax = [k for k in s1 if k.endswith("_quantizer.amax")]
     assert len(amax) == 28
     assert [k for k in amax if not torch.equal(s1[k], s2[k])] == []
-    # the student gathered from the shards is the single-process student, to float rounding
     # the student gathered from the shards is the single-process student: each tensor's training update
     # agrees to 1% of its size. (Element by element, Adam turns the float noise of a gradient that sums to
     # nearly zero into a step of up to lr either way, so a plain allclose on the weights is not the test.)
