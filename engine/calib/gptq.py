@@ -107,6 +107,36 @@ def searched_group_params(fmt: Format, values: torch.Tensor, weight: Optional[to
     return fmt.group_params(values, best)
 
 
+def searched_block_params(fmt: Format, values: torch.Tensor, tensor_amax: Optional[torch.Tensor],
+                          weight: Optional[torch.Tensor] = None, grid: int = SEARCH_GRID,
+                          min_ratio: float = SEARCH_MIN_RATIO) -> dict:
+    """Block scales of each row of ``values`` [rows, block] chosen by an error search, for a
+    format that re-derives them from each block's max under a stored per-tensor amax
+    (``fixed_scale_store == "tensor"``: NVFP4's E4M3 block scales under its fp32 global scale).
+
+    Each block's max is tried at ``grid`` ratios from 1 down to ``min_ratio`` (the format's
+    rule applied to the block scaled by the ratio, so the candidates are the format's own
+    block scales, e.g. E4M3-rounded), and the one of least squared rounding error (weighted
+    by ``weight``) is kept; ties keep the larger. The block's largest element is then pinned
+    to the top code (``pin_positions``), so the stored block max is 6 x the chosen scale and
+    fake_quant finds that scale again from the rounded block.
+    """
+    w = weight.reshape(1, -1) if weight is not None else None
+    bmax = finite_abs(values).amax(-1, keepdim=True)
+    safe = torch.where(bmax > 0, bmax, torch.ones_like(bmax))
+
+    def params_of(cand: torch.Tensor) -> dict:
+        return fmt.group_params(values * (cand / safe), tensor_amax)
+
+    def error_of(cand: torch.Tensor) -> torch.Tensor:
+        p = params_of(cand)
+        d = fmt.quantize_fixed(values, p, fmt.pin_positions(values, p)) - values
+        d = d * d
+        return (d * w if w is not None else d).sum(-1, keepdim=True)
+
+    return params_of(best_clip(bmax, torch.linspace(1.0, min_ratio, grid).tolist(), error_of))
+
+
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, fmt: Format, tensor_amax: Optional[torch.Tensor] = None,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = False,
@@ -157,12 +187,15 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, fmt: Format, tensor_ama
     orig = W[:, invperm] if act_order else W  # original column order
 
     search = scale_search and fmt.fixed_scale_store == "group"
+    search_blocks = scale_search and fmt.fixed_scale_store == "tensor" and fmt.granularity == "block"
 
     def set_group(g: int, values: torch.Tensor) -> None:
         amax = tensor_amax if fmt.fixed_scale_store == "tensor" else None
+        hd = hdiag[g * G:g * G + values.shape[1]]
         if search:
-            params[g] = searched_group_params(fmt, values, hdiag[g * G:g * G + values.shape[1]],
-                                              search_grid, search_min_ratio)
+            params[g] = searched_group_params(fmt, values, hd, search_grid, search_min_ratio)
+        elif search_blocks:
+            params[g] = searched_block_params(fmt, values, amax, hd, search_grid, search_min_ratio)
         else:
             params[g] = fmt.group_params(values, amax)
         pins[g] = fmt.pin_positions(values, params[g])

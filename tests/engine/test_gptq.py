@@ -99,6 +99,71 @@ def test_scale_search_equals_least_squares_with_searched_scales(fmt_name):
     assert not torch.equal(Q, plain)  # the search chose other scales than the groups' max somewhere
 
 
+
+def _nvfp4_searched_scale(vals, hdiag, tensor_amax, grid=20, min_ratio=0.5):
+    """NVFP4 by its definition: per row of a block of 16, the E4M3 block scale s_b of the clipped
+    max r * max (r from 1 down, under the fp32 global scale s2 = amax / 2688), the block's largest
+    element on the top code, of least Hessian-weighted error; returns s_b * s2 [rows, 1]."""
+    from engine.formats.numerics import e4m3_round, round_minifloat
+
+    s2 = tensor_amax / 2688.0
+    bmax = vals.abs().amax(-1, keepdim=True)
+    top = vals.abs().argmax(-1, keepdim=True)
+    best_s = best_e = None
+    for r in torch.linspace(1.0, min_ratio, grid).tolist():
+        s = e4m3_round(((bmax * r / 6.0) / s2).clamp(2.0 ** -9, 448.0)) * s2
+        q = round_minifloat(vals / s, 1, 0, 6.0) * s
+        q = q.scatter(-1, top, torch.where(vals.gather(-1, top) < 0, -6.0, 6.0) * s)
+        e = (((q - vals) ** 2) * hdiag).sum(-1, keepdim=True)
+        if best_e is None:
+            best_s, best_e = s, e
+        else:
+            better = e < best_e
+            best_s, best_e = torch.where(better, s, best_s), torch.where(better, e, best_e)
+    return best_s
+
+
+def test_nvfp4_block_scale_search_equals_least_squares_and_is_stored_exactly():
+    """NVFP4's scale search: each block's E4M3 scale is searched when GPTQ reaches the block (on the
+    error-compensated weights), under the per-tensor global scale fixed before; the result is the
+    sequential least-squares solution under those scales, and fake_quant with the global amax alone
+    reproduces it (the block's largest element sits on the top code of the chosen scale)."""
+    from engine.formats.numerics import round_minifloat
+
+    g = torch.Generator().manual_seed(8)
+    rows, cols, n = 6, 48, 96
+    X = torch.randn(n, cols, generator=g) @ (torch.eye(cols) + 0.5 * torch.randn(cols, cols, generator=g))
+    W = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g)
+    W[1, 3] = 4.0  # sets the global scale
+    fmt = formats.get("nvfp4")
+    H = 2.0 / n * X.T @ X
+    damp, amax = 0.05, W.abs().amax()
+    Q, _ = gptq_quantize(W, H, fmt, amax, damp=damp, block_size=16, scale_search=True)
+
+    Hd = H.double() + damp * H.diagonal().double().mean() * torch.eye(cols, dtype=torch.float64)
+    A = torch.linalg.cholesky(Hd).T  # ||A d||^2 = d^T H d
+    W0, cur, ref = W.double(), W.double().clone(), torch.zeros(rows, cols, dtype=torch.float64)
+    for j in range(cols):
+        if j % 16 == 0:
+            block = cur[:, j:j + 16].float()
+            s = _nvfp4_searched_scale(block, H.diagonal()[j:j + 16], amax)
+            top = block.abs().argmax(-1) + j
+        q = round_minifloat(cur[:, j:j + 1].float() / s, 1, 0, 6.0) * s
+        pinned = top == j
+        q[pinned] = torch.where(cur[pinned, j:j + 1] < 0, -6.0, 6.0).float() * s[pinned]
+        ref[:, j] = q.squeeze(1).double()
+        if j + 1 < cols:
+            fixed = (ref[:, :j + 1] - W0[:, :j + 1]) @ A[:, :j + 1].T
+            z = torch.linalg.lstsq(A[:, j + 1:].unsqueeze(0).expand(rows, -1, -1),
+                                   -fixed.unsqueeze(-1)).solution.squeeze(-1)
+            cur[:, j + 1:] = W0[:, j + 1:] + z
+    assert torch.allclose(Q.double(), ref, rtol=0, atol=1e-5), (Q - ref).abs().max()
+    assert torch.equal(fmt.fake_quant(Q, amax), Q)  # stored exactly: the global amax is all it needs
+    plain, _ = gptq_quantize(W, H, fmt, amax, damp=damp, block_size=16)
+    assert not torch.equal(Q, plain)  # the search clipped some block
+    err = lambda q: float(((X @ (q - W).T) ** 2).sum())  # noqa: E731
+    assert err(Q) < err(fmt.fake_quant(W, amax))
+
 def test_act_order_equals_least_squares_in_its_column_order():
     g = torch.Generator().manual_seed(5)
     rows, cols, n = 4, 12, 48
