@@ -1,16 +1,26 @@
 """Our GPTQ next to llm-compressor's GPTQ on the demo Llama, same calibration batches and settings.
 
-llm-compressor lives in its own virtual environment (it pins its own transformers), so the
-comparison runs in three steps that share a folder of safetensors files:
+llm-compressor lives in its own virtual environment (it pins its own transformers and
+compressed-tensors, older than ours), so the comparison runs in three steps that share a folder
+of safetensors files. The environment can borrow our torch instead of downloading its own:
+
+    python3 -m venv /tmp/llmc
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/llmc/lib/python3.11/site-packages/zz_lowbit.pth
+    /tmp/llmc/bin/pip install llmcompressor==0.14.0.1    # brings transformers 5.17, compressed-tensors 0.19
 
     .venv/bin/python benchmarks/gptq_vs_llmcompressor.py prepare /tmp/cmp
-    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py ours /tmp/cmp
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py ours /tmp/cmp [--scale-search on|off|both]
     /tmp/llmc/bin/python benchmarks/gptq_vs_llmcompressor.py llmc /tmp/cmp
+
+``ours`` runs our GPTQ with its group-scale search (calibration.gptq_scale_search) on and
+off (``both``, the default): llm-compressor's GPTQ takes each group's scale from its max, as
+ours does with the search off.
 
 Settings on both sides: 4-bit symmetric integer weights in groups of 64 (the demo's widths,
 192 and 512, divide by 64), damping 0.01 of the mean Hessian diagonal, blocks of 128 columns,
 no activation order, lm_head and embeddings kept. Each prints perplexity on the same held-out
-blocks and the wall time of the GPTQ step alone. The grids differ slightly: ours is [-7, 7]
+blocks, the mean per-token KL(original || quantized) there, and the wall time of the GPTQ step
+alone (llm-compressor's includes its own calibration forward passes and setup). The grids differ slightly: ours is [-7, 7]
 with scale amax / 7, compressed-tensors' is [-8, 7] with scale amax / 7.5.
 """
 
@@ -18,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -27,17 +36,22 @@ import torch
 GROUP, DAMP, BLOCK, SEQ, N_CALIB, N_EVAL, BS = 64, 0.01, 128, 128, 64, 32, 8
 
 
-def _ppl(model, eval_ids) -> float:
-    nll, n = 0.0, 0
+def _logits(model, eval_ids) -> torch.Tensor:
     with torch.no_grad():
-        for i in range(0, eval_ids.shape[0], BS):
-            ids = eval_ids[i:i + BS]
-            logits = model(input_ids=ids).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                     ids[:, 1:].reshape(-1), reduction="sum")
-            nll += float(loss)
-            n += ids[:, 1:].numel()
-    return math.exp(nll / n)
+        return torch.cat([model(input_ids=eval_ids[i:i + BS]).logits.float() for i in range(0, eval_ids.shape[0], BS)])
+
+
+def _metrics(model, eval_ids, ref=None) -> dict:
+    """Perplexity on ``eval_ids`` and, given the original model's logits ``ref``, the mean per-token
+    KL(original || model)."""
+    logits = _logits(model, eval_ids)
+    logp = torch.log_softmax(logits[:, :-1], -1).reshape(-1, logits.shape[-1])
+    nll = torch.nn.functional.nll_loss(logp, eval_ids[:, 1:].reshape(-1))
+    out = {"ppl": math.exp(float(nll)), "logits": logits}
+    if ref is not None:
+        ref_logp = torch.log_softmax(ref[:, :-1], -1).reshape(-1, ref.shape[-1])
+        out["kl"] = float(torch.nn.functional.kl_div(logp, ref_logp, log_target=True, reduction="batchmean"))
+    return out
 
 
 def prepare(folder: Path) -> None:
@@ -67,7 +81,7 @@ def _tokens(folder: Path):
     return t["calib"].long(), t["eval"].long()
 
 
-def ours(folder: Path) -> None:
+def ours(folder: Path, scale_search: str = "both") -> None:
     from transformers import AutoModelForCausalLM
 
     from engine import calib
@@ -76,17 +90,20 @@ def ours(folder: Path) -> None:
     from engine.quant.select import apply_plan, plan_layers
 
     calib_ids, eval_ids = _tokens(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).eval()
-    base = _ppl(model, eval_ids)
-    apply_plan(model, plan_layers(model, schemes.get("custom", f"int4_g{GROUP}", "none"))[0])
-    calib.calibrate_weights(model)
-    rtn = _ppl(model, eval_ids)
-    t0 = time.perf_counter()
-    gptq(model, lambda m: [m(input_ids=calib_ids[i:i + BS]) for i in range(0, calib_ids.shape[0], BS)],
-         damp=DAMP, block_size=BLOCK)
-    seconds = time.perf_counter() - t0
-    print(json.dumps({"side": "lowbit", "baseline_ppl": base, "rtn_ppl": rtn, "gptq_ppl": _ppl(model, eval_ids),
-                      "gptq_seconds": round(seconds, 2)}))
+    for search in {"on": [True], "off": [False], "both": [True, False]}[scale_search]:
+        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).eval()
+        base = _metrics(model, eval_ids)
+        apply_plan(model, plan_layers(model, schemes.get("custom", f"int4_g{GROUP}", "none"))[0])
+        calib.calibrate_weights(model)
+        rtn = _metrics(model, eval_ids, base["logits"])
+        t0 = time.perf_counter()
+        gptq(model, lambda m: [m(input_ids=calib_ids[i:i + BS]) for i in range(0, calib_ids.shape[0], BS)],
+             damp=DAMP, block_size=BLOCK, scale_search=search)
+        seconds = time.perf_counter() - t0
+        got = _metrics(model, eval_ids, base["logits"])
+        print(json.dumps({"side": "lowbit", "scale_search": search, "baseline_ppl": base["ppl"],
+                          "rtn_ppl": rtn["ppl"], "rtn_kl": rtn["kl"], "gptq_ppl": got["ppl"], "gptq_kl": got["kl"],
+                          "gptq_seconds": round(seconds, 2), "threads": torch.get_num_threads()}))
 
 
 def llmc(folder: Path) -> None:
@@ -98,7 +115,7 @@ def llmc(folder: Path) -> None:
 
     calib_ids, eval_ids = _tokens(folder)
     model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).eval()
-    base = _ppl(model, eval_ids)
+    base = _metrics(model, eval_ids)
     ds = Dataset.from_dict({"input_ids": calib_ids.tolist(), "attention_mask": torch.ones_like(calib_ids).tolist()})
     scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
         num_bits=4, type="int", symmetric=True, strategy="group", group_size=GROUP))
@@ -108,10 +125,21 @@ def llmc(folder: Path) -> None:
     oneshot(model=model, dataset=ds, recipe=[modifier], num_calibration_samples=calib_ids.shape[0],
             max_seq_length=SEQ, batch_size=BS)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"side": "llm-compressor", "baseline_ppl": base, "gptq_ppl": _ppl(model, eval_ids),
-                      "gptq_seconds": round(seconds, 2)}))
+    got = _metrics(model, eval_ids, base["logits"])
+    print(json.dumps({"side": "llm-compressor", "baseline_ppl": base["ppl"], "gptq_ppl": got["ppl"],
+                      "gptq_kl": got["kl"], "gptq_seconds": round(seconds, 2), "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":
-    step, folder = sys.argv[1], Path(sys.argv[2])
-    {"prepare": prepare, "ours": ours, "llmc": llmc}[step](folder)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=["prepare", "ours", "llmc"])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--scale-search", choices=["on", "off", "both"], default="both",
+                    help="ours: our GPTQ's group-scale search on, off, or one run each (default)")
+    args = ap.parse_args()
+    if args.step == "ours":
+        ours(args.folder, args.scale_search)
+    else:
+        {"prepare": prepare, "llmc": llmc}[args.step](args.folder)
