@@ -29,6 +29,8 @@ PLOTS: Dict[str, Tuple[str, str, List[Tuple[str, str]]]] = {
     "kd_alpha": ("Distillation weight (alpha), when annealed", "alpha", [("kd_alpha", "alpha")]),
 }
 SERIES_PLOT = {s: plot for plot, (_, _, series) in PLOTS.items() for s, _ in series}
+# plots shown only once a run sends their series (the alpha curve exists only when alpha is annealed)
+ON_DEMAND = {"kd_alpha"}
 DASHED = {"task_loss", "kd_loss", "hidden_loss", "embedding_loss", "scale_penalty"}
 # Wide and dashed pens make Qt stroke every segment: past this many points curves are drawn 1 px wide.
 THICK_LIMIT = 4000
@@ -57,9 +59,14 @@ class LiveCurves(QWidget):
         self.references: Dict[str, pg.InfiniteLine] = {}
         self.legend_text: Dict[str, str] = {}
         self.in_legend: set = set()  # a curve joins the legend with its first point
+        self._rows: Dict[str, int] = {}
+        self.shown: set = {key for key in PLOTS if key not in ON_DEMAND}  # plots in the layout now
         first = None
         for row, (key, (title, ylabel, members)) in enumerate(PLOTS.items()):
-            plot = self.graphics.addPlot(row=row, col=0, title=title)
+            plot = pg.PlotItem(title=title)
+            self._rows[key] = row
+            if key not in ON_DEMAND:
+                self.graphics.addItem(plot, row=row, col=0)
             plot.setClipToView(True)
             plot.setDownsampling(auto=True, mode="peak")
             plot.showGrid(x=True, y=True, alpha=0.25)
@@ -137,6 +144,9 @@ class LiveCurves(QWidget):
         for name in self.in_legend:
             self.plots[SERIES_PLOT[name]].legend.removeItem(self.curves[name])
         self.in_legend.clear()
+        for key in ON_DEMAND & self.shown:
+            self.graphics.removeItem(self.plots[key])
+            self.shown.discard(key)
         self._dirty.clear()
         self._dirty_refs.clear()
         self.stack.setCurrentIndex(0)
@@ -159,6 +169,10 @@ class LiveCurves(QWidget):
             if curve.opts["pen"].width() != (2 if thick else 1):
                 curve.setPen(_pen(name, thick))
             curve.setData(x, y)
+            key = SERIES_PLOT[name]
+            if key not in self.shown and len(x):
+                self.graphics.addItem(self.plots[key], row=self._rows[key], col=0)
+                self.shown.add(key)
             if name not in self.in_legend:
                 self.plots[SERIES_PLOT[name]].legend.addItem(self.curves[name], self.legend_text[name])
                 self.in_legend.add(name)

@@ -105,7 +105,8 @@ def format_table(res: Dict[str, object]) -> str:
     for mode in ("qat", "qad"):
         st = res.get(f"{mode}_settings")
         if st:
-            probe = f" (probed: {st['lr_probe']['chosen']:g})" if st.get("lr_probe") else ""
+            # a probed rate is the lr the run trained with: say where it came from, not the number twice
+            probe = f" (train.lr auto: probed {len(st['lr_probe']['held_out_loss'])} rates)" if st.get("lr_probe") else ""
             lines.append(f"{mode.upper()} settings: lr {st.get('lr', 0):g}{probe}, batch {st.get('batch_size')}, "
                          f"warm-up {st.get('warmup_steps')}, dropout {st.get('dropout')}")
     return "\n".join(lines)

@@ -105,3 +105,26 @@ def test_loss_plot_frame_with_100k_points(qapp):
     ms = bench_loss_plot(repeats=7)
     print(f"loss plot 100k-point frame: {ms:.2f} ms")
     assert ms < 300  # generous; measured ~35 ms on 2 shared cores
+
+
+def test_alpha_plot_appears_only_when_a_run_anneals_alpha(qtbot):
+    """A run with a constant distillation weight sends no alpha curve: no empty alpha plot is drawn."""
+    curves = LiveCurves(fps=20)
+    qtbot.addWidget(curves)
+    curves.resize(600, 700)
+    curves.show()
+    layout = curves.graphics.ci
+    curves.add("loss", 1, 0.5)
+    curves.redraw()
+    assert curves.plots["kd_alpha"] not in layout.items
+    assert curves.plots["loss"] in layout.items
+    curves.add("kd_alpha", 1, 1.0)
+    curves.add("kd_alpha", 2, 0.9)
+    curves.redraw()
+    assert curves.plots["kd_alpha"] in layout.items
+    assert len(curves.curves["kd_alpha"].xData) == 2
+    curves.clear()
+    assert curves.plots["kd_alpha"] not in layout.items  # the next run starts without it again
+    curves.add("kd_alpha", 1, 1.0)
+    curves.redraw()
+    assert curves.plots["kd_alpha"] in layout.items
