@@ -87,34 +87,34 @@ def wordpiece_tokenizer(corpus_texts: list[str]):
     return train_tokenizer(corpus_texts, vocab_size=TOKENIZER_VOCAB, kind="wordpiece")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer) -> Path:
-    """A saved, randomly initialised LlamaForCausalLM (hidden 64, 2 layers, 4 heads / 2 kv heads).
-
-    safetensors weights plus the BPE tokenizer; seeded, so the weights are the same every run.
-    """
+def save_llama(path: Path, tokenizer, seed: int = 0, **config) -> Path:
+    """Save a randomly initialised LlamaForCausalLM (default: hidden 64, 2 layers, 4 heads / 2 kv heads;
+    ``config`` overrides) with ``tokenizer``: safetensors weights, seeded, the same every run."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(bpe_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=bpe_tokenizer.bos_token_id,
-        eos_token_id=bpe_tokenizer.eos_token_id,
-        pad_token_id=bpe_tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    settings = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{**settings, **config})).eval()
     model.save_pretrained(path, safe_serialization=True)
-    bpe_tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def make_llama():
+    """:func:`save_llama`, for tests that need a Llama of another shape."""
+    return save_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer) -> Path:
+    """A saved, randomly initialised LlamaForCausalLM (hidden 64, 2 layers, 4 heads / 2 kv heads) and
+    the BPE tokenizer."""
+    return save_llama(tmp_path_factory.mktemp("models") / "tiny-llama", bpe_tokenizer)
 
 
 @pytest.fixture(scope="session")

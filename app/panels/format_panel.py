@@ -13,11 +13,14 @@ from engine.calib import ALGORITHMS
 
 from ..catalog import SchemeRow, weight_format_choices
 from ..plan import EXCLUDE
+from ..state import doc
 from .. import theme
 from .common import Page, StatusLine
 from .tables import Column, RowsModel, make_table
 
 SCHEME_DEFAULT_LABEL = "Scheme default"
+# calibration.sequential: the choices and what each one shows
+SEQUENTIAL_CHOICES = (("auto", "Auto (when the model does not fit the GPU)"), (True, "On"), (False, "Off"))
 EXCLUDE_LABEL = "Keep high precision"
 
 
@@ -116,6 +119,7 @@ class ChoiceDelegate(QStyledItemDelegate):
 class FormatPanel(Page):
     scheme_chosen = Signal(str)
     algorithm_chosen = Signal(str)  # calibration.algorithm
+    sequential_chosen = Signal(object)  # calibration.sequential: "auto", True or False
     layer_choice = Signal(list, object)  # layer names, choice (None | "none" | format)
 
     def __init__(self, schemes: Sequence[SchemeRow], parent: Optional[QWidget] = None):
@@ -181,6 +185,19 @@ class FormatPanel(Page):
         algo_row.addWidget(self.algorithm_combo)
         algo_row.addWidget(self.algorithm_help, 1)
         scheme_layout.addLayout(algo_row)
+        self.sequential_combo = QComboBox()
+        for value, text in SEQUENTIAL_CHOICES:
+            self.sequential_combo.addItem(text, value)
+        self.sequential_combo.setToolTip(doc("calibration.sequential"))
+        self.sequential_combo.currentIndexChanged.connect(
+            lambda i: self.sequential_chosen.emit(self.sequential_combo.itemData(i)))
+        seq_row = QHBoxLayout()
+        seq_row.addWidget(QLabel("Calibrate one block on the GPU at a time:"))
+        seq_row.addWidget(self.sequential_combo)
+        seq_hint = QLabel("for a model larger than the GPU's memory; the weights wait in CPU memory")
+        seq_hint.setObjectName("hint")
+        seq_row.addWidget(seq_hint, 1)
+        scheme_layout.addLayout(seq_row)
         layer_box = QGroupBox("Layers")
         layer_layout = QVBoxLayout(layer_box)
         layer_layout.addWidget(self.layer_table)
@@ -216,6 +233,13 @@ class FormatPanel(Page):
             self.algorithm_combo.setCurrentIndex(i)
             self.algorithm_combo.blockSignals(False)
         self.algorithm_help.setText(ALGORITHMS.get(name, ""))
+
+    def set_sequential(self, value: Any) -> None:
+        i = next((n for n, (v, _) in enumerate(SEQUENTIAL_CHOICES) if v == value and type(v) is type(value)), 0)
+        if i != self.sequential_combo.currentIndex():
+            self.sequential_combo.blockSignals(True)
+            self.sequential_combo.setCurrentIndex(i)
+            self.sequential_combo.blockSignals(False)
 
     def _on_algorithm_selected(self, index: int) -> None:
         key = self.algorithm_combo.itemData(index)

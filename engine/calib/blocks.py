@@ -26,15 +26,16 @@ class _StopForward(Exception):
     """Raised by the capture hook: the rest of the model is not needed."""
 
 
-def find_blocks(model: nn.Module) -> Tuple[str, Optional[nn.ModuleList]]:
-    """The stack of transformer blocks: the ModuleList of same-type modules holding the most QuantLinears."""
+def find_blocks(model: nn.Module, layer_type: type = QuantLinear) -> Tuple[str, Optional[nn.ModuleList]]:
+    """The stack of transformer blocks: the ModuleList of same-type modules holding the most QuantLinears
+    (``layer_type``: nn.Linear for a model not yet quantized, such as one on the meta device)."""
     best, best_name, best_count = None, "", 0
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
             continue
         if len({type(m) for m in mod}) != 1:
             continue
-        count = sum(isinstance(m, QuantLinear) for m in mod.modules())
+        count = sum(isinstance(m, layer_type) for m in mod.modules())
         if count > best_count:
             best, best_name, best_count = mod, name, count
     return best_name, best

@@ -32,6 +32,15 @@ def _static(module: nn.Module) -> list:
             and layer.input_quantizer.fmt.has_tensor_scale]
 
 
+def left_outside(model: nn.Module) -> List[str]:
+    """The layers with static activation quantizers outside the block stack (a quantized LM head), which
+    sequential calibration does not reach; every one when the model has no block stack."""
+    _, blocks = find_blocks(model)
+    in_blocks = {id(q) for b in (blocks or []) for q in _static(b)}
+    return [name for name, layer in quant_layers(model)
+            if id(layer.input_quantizer) not in in_blocks and layer.input_quantizer in _static(model)]
+
+
 def _to_device(inputs, device):
     def move(v):
         if isinstance(v, torch.Tensor):
@@ -71,9 +80,7 @@ def calibrate_activations_sequential(model: nn.Module, forward_loop: Callable[[n
                           "this model has none, so calibrate it whole")
     home = next(model.parameters()).device
     inside = {id(m) for b in blocks for m in b.modules()}
-    in_blocks = {id(q) for b in blocks for q in _static(b)}
-    left_out = [name for name, layer in quant_layers(model)
-                if id(layer.input_quantizer) not in in_blocks and layer.input_quantizer in _static(model)]
+    left_out = left_outside(model)
     act_method = "percentile" if method == "percentile" else "max"
     outside = [m for m in model.modules() if id(m) not in inside]
     _move_own(outside, device)  # embeddings, rotary tables, final norm, head: the parts around the blocks

@@ -7,17 +7,16 @@ The readers of the three targets (in their own modules) fill an
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from safetensors import safe_open
 
 from .. import formats
 from ..errors import ExportError
 from ..formats import QTensor
+from ..statefile import load_state
 from .common import MARKER
 
 
@@ -60,28 +59,10 @@ class ExportedCheckpoint:
 
 
 def load_tensors(folder: Path) -> Dict[str, torch.Tensor]:
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = sorted(set(weight_map.values()))
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise ExportError(f"{folder} holds no model.safetensors (nor an index of shards)")
-    out: Dict[str, torch.Tensor] = {}
-    for name in files:
-        path = folder / name
-        if not path.exists():
-            raise ExportError(f"{folder}: the index names {name}, which is missing")
-        with safe_open(str(path), framework="pt") as fh:
-            for key in fh.keys():
-                out[key] = fh.get_tensor(key)
-    if index.exists():
-        missing = set(weight_map) - set(out)
-        if missing:
-            raise ExportError(f"{folder}: tensors listed in the index are missing: {sorted(missing)[:5]}")
-    return out
+    try:
+        return load_state(Path(folder) / "model.safetensors")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ExportError(str(exc)) from None
 
 
 def marker_layer(ckpt: ExportedCheckpoint, name: str) -> Dict[str, Any]:

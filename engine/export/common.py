@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -30,12 +29,13 @@ from ..formats.fp8 import FP8Format
 from ..formats.integer import AsymIntFormat, IntFormat
 from ..formats.microscaling import MXFormat, NVFP4Format
 from ..quant.linear import QuantLinear
+from ..statefile import DEFAULT_SHARD_MB  # noqa: F401  (the export targets' default too)
+from ..statefile import ShardedSafetensors, index_data, index_name, shard_names
 
 PRODUCER = "lowbit-studio"
 MARKER = "lowbit_quantization.json"
 TARGETS = ("compressed-tensors", "modelopt", "dense")
 TMP_TAG = ".lowbit-tmp"
-DEFAULT_SHARD_MB = 4096
 
 # Tokenizer and generation files copied next to the weights when the source folder has them.
 SIDE_FILES = (
@@ -297,51 +297,30 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 
 class ShardWriter:
-    """Collect tensors and write safetensors shards of at most ``max_shard_mb`` each (one tensor may exceed it)."""
+    """Collect tensors and write safetensors shards of at most ``max_shard_mb`` each (one tensor may exceed it),
+    each as soon as it is full (engine.statefile.ShardedSafetensors), under the folder's temporary names."""
 
     def __init__(self, folder: ExportFolder, max_shard_mb: float, metadata: Optional[Dict[str, str]] = None):
         self.folder = folder
-        self.limit = max(1, int(float(max_shard_mb) * 1024 * 1024))
-        self.metadata = {"format": "pt", **(metadata or {})}
-        self._current: Dict[str, torch.Tensor] = {}
-        self._size = 0
-        self._shards: List[tuple] = []  # (temporary path, tensor names)
-        self.total_size = 0
+        self._writer = ShardedSafetensors(max_shard_mb, lambda i: folder.temp_path(f"shard-{i:05d}"), metadata)
+
+    @property
+    def total_size(self) -> int:
+        return self._writer.total_size
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._current or any(name in names for _, names in self._shards):
-            raise ExportError(f"tensor {name} would be written twice")
-        t = tensor.detach().to("cpu").contiguous()
-        size = tensor_bytes(t)
-        if self._current and self._size + size > self.limit:
-            self._flush()
-        self._current[name] = t
-        self._size += size
-        self.total_size += size
-
-    def _flush(self) -> None:
-        tmp = self.folder.temp_path(f"shard-{len(self._shards) + 1:05d}")
-        safetensors.torch.save_file(self._current, str(tmp), metadata=self.metadata)
-        self._shards.append((tmp, list(self._current)))
-        self._current, self._size = {}, 0
+        try:
+            self._writer.add(name, tensor)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
 
     def finish(self) -> List[str]:
-        if self._current or not self._shards:
-            self._flush()
-        n = len(self._shards)
-        if n == 1:
-            tmp, _ = self._shards[0]
-            self.folder.add(tmp, "model.safetensors")
-            return ["model.safetensors"]
-        weight_map: Dict[str, str] = {}
-        names = []
-        for i, (tmp, tensor_names) in enumerate(self._shards, 1):
-            name = f"model-{i:05d}-of-{n:05d}.safetensors"
+        shards = self._writer.finish()
+        names = shard_names("model", len(shards))
+        for (tmp, _), name in zip(shards, names):
             self.folder.add(tmp, name)
-            names.append(name)
-            weight_map.update({t: name for t in tensor_names})
-        self.folder.write_json("model.safetensors.index.json",
-                               {"metadata": {"total_size": self.total_size}, "weight_map": weight_map})
+        if len(shards) > 1:
+            self.folder.write_json(index_name("model"), index_data(shards, names, self.total_size))
         return names
 
 

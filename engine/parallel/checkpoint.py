@@ -12,6 +12,7 @@ import torch
 from ..errors import LowbitError
 from ..fsutil import fsync_tree, write_text_atomic
 from ..quant.select import restore_amax
+from ..statefile import load_state
 from . import CHECKPOINT_FORMAT, Dist
 from .wrap import unwrap
 
@@ -118,10 +119,9 @@ def _load_dcp(trainer, path: Path) -> None:
 
 def _load_full(trainer, path: Path, meta: Dict[str, Any]) -> None:
     """A single-process checkpoint into a (possibly sharded) student and its optimizer."""
-    from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    weights = load_file(str(path / "student.safetensors"))
+    weights = load_state(path / "student.safetensors")  # one file, or shards with an index
     model = unwrap(trainer.student)
     restore_amax(model, weights)
     names = {id(p): n for n, p in model.named_parameters()}

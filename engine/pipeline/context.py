@@ -39,6 +39,9 @@ class RunContext:
     # full-precision weights of the layers a PTQ algorithm rewrote (GPTQ): the original model for
     # the baseline, the per-layer report and the QAD teacher is the loaded one, not the rewritten one
     original_weights: Dict[str, torch.Tensor] = field(default_factory=dict)
+    # calibration.sequential resolved by the memory plan: the model loads into CPU memory, calibrates one
+    # block on ``device`` at a time, then goes to this device for the rest of the run; None = whole-model
+    sequential: Optional[torch.device] = None
 
     def stage(self, name: str, total: Optional[int] = None, detail: str = "") -> "_Stage":
         return _Stage(self, name, total, detail)

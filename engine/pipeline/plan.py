@@ -25,6 +25,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+import torch
+from torch import nn
+
+from ..calib.blocks import find_blocks
 from ..devices import resolve_device
 from ..errors import LowbitError
 from ..io.inspect import ModelInfo, inspect_model
@@ -136,6 +140,9 @@ class MemoryPlan:
         size = f"{m['n_params'] / 1e9:.2f}B" if m["n_params"] >= 1e9 else f"{m['n_params'] / 1e6:.1f}M"
         lines = [f"memory plan: {m['name']} ({m['architecture']}, {size} parameters, "
                  f"{m['dtype']}), {m['mode'].upper()} on {m['device']}"]
+        if m.get("sequential_calibration"):
+            lines.append(f"  calibration one block at a time on {m['device']} (the weights in CPU memory); "
+                         f"the stages after it run on {m['after_calibration']}")
         for s in self.stages:
             per = s.per_device()
             where = ", ".join(f"{d} {fmt_bytes(n)}" for d, n in per.items())
@@ -159,8 +166,6 @@ class MemoryPlan:
 def device_capacity(device: str) -> Optional[int]:
     """Memory a run may use on ``device``: the GPU's total memory, or this machine's available RAM."""
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             return None
         index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
@@ -202,14 +207,27 @@ def _linear_stats(recipe, info: ModelInfo):
     return q_params, n_act, largest, plans
 
 
+def _block_params(info: ModelInfo) -> tuple:
+    """(parameters of the largest transformer block, of all blocks together); (0, 0) without a block stack."""
+    _, stack = find_blocks(info.model, nn.Linear)
+    if stack is None:
+        return 0, 0
+    sizes = [sum(p.numel() for p in block.parameters()) for block in stack]
+    return max(sizes), sum(sizes)
+
+
 def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]]] = None,
-             device: Optional[str] = None) -> MemoryPlan:
+             device: Optional[str] = None, sequential: Optional[str] = None) -> MemoryPlan:
     """The memory plan of ``recipe`` for the model described by ``info`` (no knobs).
 
     ``device`` plans for that device instead of the recipe's (resolved on this machine);
-    ``capacity`` ({device: bytes}) instead of this machine's memory."""
+    ``capacity`` ({device: bytes}) instead of this machine's memory. ``sequential``: calibration
+    goes one block on the device at a time (engine.calib.sequential), the model loaded into CPU
+    memory, and the stages after it run on this device (the run's, or the CPU when the whole
+    model does not fit there); None = whole-model calibration on the device."""
     r = recipe
     dev = device or str(resolve_device(r.device))
+    run_dev = dev
     dev_type = dev.split(":")[0]
     dtype = _dtype(r, info)
     b = DTYPE_BYTES.get(dtype, 4)
@@ -225,28 +243,50 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
     runtime = CPU_RUNTIME_BYTES if dev_type == "cpu" else 0
     stages: List[StagePlan] = []
 
-    def base(name: str) -> StagePlan:
-        s = StagePlan(name, dev)
-        if runtime:
-            s.add("runtime (Python, torch, transformers)", runtime)
+    def base(name: str, where: Optional[str] = None) -> StagePlan:
+        s = StagePlan(name, where or dev)
+        if s.device == "cpu":
+            s.add("runtime (Python, torch, transformers)", CPU_RUNTIME_BYTES, device="cpu")
         s.add(f"student weights ({dtype})", weights)
         return s
 
     # load: the weights in place, plus the checkpoint's pages mapped while they are copied in
     # (transformers builds the model on the meta device and copies each tensor from the memory-mapped
     # safetensors file into place, converting its dtype: the file's pages are not kept)
-    s = base("load")
+    s = base("load", "cpu" if sequential else dev)
     stages.append(s)
 
-    # calibrate: no-grad forwards of one batch; weight scales one layer at a time
-    s = base("calibrate")
-    s.add("forward activations (one block at a time)", _block_activations(info, t_eval, act_b, training=False))
-    s.add("output logits of one batch", t_eval * v * act_b)
-    s.add("weight calibration temporaries (largest layer)", largest_q * 4 * 3,
-          note=f"{r.calibration.method} on fp32 copies")
     stats = n_act * (4 << 20 if r.calibration.method == "percentile" else 64)
-    s.add("calibration statistics", stats)
-    stages.append(s)
+    if sequential:
+        # the weights stay in CPU memory; on the device: the parts around the blocks, one block, and the
+        # hidden states of every calibration batch (a block's inputs and its outputs while it runs)
+        s = StagePlan("calibrate", dev)
+        s.add("runtime (Python, torch, transformers)", CPU_RUNTIME_BYTES, device="cpu")
+        s.add(f"student weights ({dtype}, in CPU memory)", weights, device="cpu")
+        block, in_blocks = _block_params(info)
+        if dev != "cpu":
+            s.add("weights outside the blocks (embeddings, final norm, head)", (n_params - in_blocks) * b)
+            s.add("one block's weights", block * b, note=f"{nb} blocks, one on the device at a time")
+        s.add("hidden states of the calibration batches", 2 * r.data.calib_batches * t_eval * h * act_b,
+              note=f"{r.data.calib_batches} batches, a block's inputs and outputs")
+        s.add("forward activations (one block)", _block_activations(info, t_eval, act_b, training=False))
+        s.add("weight calibration temporaries (largest layer)", largest_q * 4 * 3, device="cpu",
+              note=f"{r.calibration.method} on fp32 copies, where the weights are")
+        s.add("calibration statistics", stats)
+        stages.append(s)
+        dev = sequential  # the stages after calibration
+        dev_type = dev.split(":")[0]
+        act_b = 2 if dev_type == "cuda" else b
+        runtime = CPU_RUNTIME_BYTES if dev_type == "cpu" else 0
+    else:
+        # calibrate: no-grad forwards of one batch; weight scales one layer at a time
+        s = base("calibrate")
+        s.add("forward activations (one block at a time)", _block_activations(info, t_eval, act_b, training=False))
+        s.add("output logits of one batch", t_eval * v * act_b)
+        s.add("weight calibration temporaries (largest layer)", largest_q * 4 * 3,
+              note=f"{r.calibration.method} on fp32 copies")
+        s.add("calibration statistics", stats)
+        stages.append(s)
 
     # evaluate: original and quantized logits of one batch and their fp32 log-softmaxes
     s = base("evaluate")
@@ -299,11 +339,13 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
         s.add("logits: original + quantized, fp32 log-probs", t_eval * v * (2 * act_b + 5 * 4))
         stages.append(s)
 
-    # save + export: the student written tensor by tensor; an export packs and verifies layer by layer
+    # save + export: the student written shard by shard (engine.statefile); an export packs and verifies layer by layer
     s = base("save")
+    student_shard = min(weights, r.export.max_shard_mb * (1 << 20))
     if dev_type != "cpu":
-        s.add("student state copied to the CPU", weights, device="cpu")
-    s.add("serialisation buffer (safetensors)", weights, device="cpu", note="the writer copies tensors into one buffer")
+        s.add("one shard of the student copied to the CPU", student_shard, device="cpu")
+    s.add("serialisation buffer (one safetensors shard)", student_shard, device="cpu",
+          note=f"student.safetensors written shard by shard (export.max_shard_mb {r.export.max_shard_mb})")
     stages.append(s)
     if r.export.format:
         s = base("export")
@@ -321,7 +363,8 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
                 cap[d] = device_capacity(d)
     model = {"name": info.name, "architecture": info.architecture, "n_params": n_params, "dtype": dtype,
              "vocab_size": v, "hidden_size": h, "blocks": nb, "quantized_params": q_params, "mode": r.mode,
-             "device": dev, "layers_quantized": sum(1 for p in plans if p.quantized)}
+             "device": run_dev, "layers_quantized": sum(1 for p in plans if p.quantized),
+             "sequential_calibration": bool(sequential), "after_calibration": dev}
     return MemoryPlan(model, stages, cap)
 
 
@@ -332,6 +375,34 @@ def _with(recipe, **changes):
         obj = getattr(r, section)
         object.__setattr__(obj, name, value)
     return r
+
+
+def sequential_placement(recipe, info: ModelInfo, whole: MemoryPlan) -> Optional[str]:
+    """Where the stages after calibration run when calibration goes one block at a time
+    (``calibration.sequential``); None = whole-model calibration.
+
+    true: on the run's device when the whole model fits there by ``whole`` (the whole-model
+    plan), else on the CPU; auto: only for PTQ on an accelerator the whole model does not fit
+    while the sequential plan (the rest of the run on the CPU) fits; never for QAT / QAD, whose
+    training would then run on the CPU; false: never."""
+    setting = recipe.calibration.sequential
+    if setting is False:
+        return None
+    dev = whole.model["device"]
+    fits_device = not any(d == dev for _, d, _, _ in whole.over())
+    if setting is True:
+        return dev if fits_device else "cpu"
+    if recipe.mode != "ptq" or dev == "cpu" or fits_device or _block_params(info)[0] == 0:
+        return None
+    seq = estimate(recipe, info, capacity=whole.capacity, device=dev, sequential="cpu")
+    return "cpu" if seq.fits else None
+
+
+def _placed(recipe, info: ModelInfo, capacity, device) -> MemoryPlan:
+    """The plan with calibration whole or sequential, as ``calibration.sequential`` resolves."""
+    whole = estimate(recipe, info, capacity=capacity, device=device)
+    after = sequential_placement(recipe, info, whole)
+    return whole if after is None else estimate(recipe, info, capacity=whole.capacity, device=device, sequential=after)
 
 
 def knobs(recipe, info: ModelInfo, base: MemoryPlan) -> List[Knob]:
@@ -354,11 +425,13 @@ def knobs(recipe, info: ModelInfo, base: MemoryPlan) -> List[Knob]:
     if r.data.batch_size > 1:
         options.append((f"calibration / evaluation batch {r.data.batch_size // 2}",
                         {"data.batch_size": r.data.batch_size // 2}))
+    if r.calibration.sequential is False and dev != "cpu" and r.mode == "ptq":
+        options.append(("sequential calibration (one block on the device)", {"calibration.sequential": True}))
     out = []
     for name, change in options:
-        p = estimate(_with(r, **change), info, capacity=base.capacity, device=dev)
+        p = _placed(_with(r, **change), info, base.capacity, dev)
         new = p.peak_per_device().get(dev, 0)
-        if new < peak:
+        if new < peak and ("calibration.sequential" not in change or p.fits):
             out.append(Knob(name, change, peak - new, new))
     out.sort(key=lambda k: -k.saves_bytes)
     return out
@@ -369,7 +442,7 @@ def plan_recipe(recipe, info: Optional[ModelInfo] = None, device: Optional[str] 
     """The memory plan of a recipe with its knobs; reads the model's config and headers only."""
     if info is None:
         info = inspect_model(recipe.model.path, kind=recipe.model.kind, trust_remote_code=recipe.model.trust_remote_code)
-    p = estimate(recipe, info, capacity=capacity, device=device)
+    p = _placed(recipe, info, capacity, device)
     p.knobs = knobs(recipe, info, p)
     return p
 
@@ -404,6 +477,9 @@ def plan_stage(ctx) -> None:
     """Plan the run's memory before anything is loaded: report["memory"]["plan"], a log line per
     stage, and (with the recipe's memory_check) a refusal when a stage cannot fit its device."""
     r = ctx.recipe
+    if ctx.dist.active and r.calibration.sequential is True:
+        raise LowbitError("calibration.sequential runs in one process (each rank would hold the whole model in "
+                          "CPU memory): run it without torchrun, or set calibration.sequential: auto")
     try:
         plan = plan_recipe(r, device=str(ctx.device))
     except LowbitError:
@@ -411,7 +487,12 @@ def plan_stage(ctx) -> None:
     except Exception as exc:  # an architecture the meta device cannot build: the run goes on unplanned
         ctx.log(f"no memory plan for this model ({type(exc).__name__}: {exc}); the run is not checked "
                 "against the device's memory", "warning")
+        ctx.sequential = ctx.device if r.calibration.sequential is True else None
         return
+    if plan.model["sequential_calibration"] and not ctx.dist.active:
+        ctx.sequential = torch.device(plan.model["after_calibration"])
+        ctx.log(f"calibration one block at a time on {ctx.device}, the weights in CPU memory "
+                f"(calibration.sequential {r.calibration.sequential}); the stages after it run on {ctx.sequential}")
     ctx.report.setdefault("memory", {})["plan"] = plan.to_dict()
     ctx.log("memory plan: " + ", ".join(f"{s.name} {fmt_bytes(s.peak_bytes)}" for s in plan.stages)
             + f"; device has {fmt_bytes(plan.capacity.get(plan.model['device']))}")

@@ -9,27 +9,31 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
-from safetensors.torch import load_file
 
 from ..errors import LowbitError
 from ..io.model import load_model
 from ..parallel.wrap import full_state_dict
 from ..quant.select import LayerPlan, apply_plan, restore_amax
 from ..recipe import Recipe
-from ..statefile import save_state
+from ..statefile import load_state, save_state_sharded, state_exists
 from .context import RunContext
 
 STUDENT_FILE = "student.safetensors"
 
 
 def save_student(ctx: RunContext) -> Path:
-    """Save the quantized student (weights and quantizer scales) so the run can be exported later."""
+    """Save the quantized student (weights and quantizer scales) so the run can be exported later.
+
+    Written shard by shard (``export.max_shard_mb`` each; engine.statefile.save_state_sharded): one
+    process writes straight from the model, holding one shard beside it; several gather the whole
+    state on rank 0, which alone writes."""
     path = ctx.run_dir / STUDENT_FILE
-    state = full_state_dict(ctx.loaded.model, ctx.dist)  # gathered on rank 0, which alone writes
+    if ctx.dist.active:
+        items = full_state_dict(ctx.loaded.model, ctx.dist).items()
+    else:
+        items = ctx.loaded.model.state_dict().items()
     if ctx.dist.is_main:
-        tmp = path.with_name(path.name + ".tmp")
-        save_state(state, tmp, metadata={"lowbit": "student"})
-        os.replace(tmp, path)
+        save_state_sharded(items, path, ctx.recipe.export.max_shard_mb, metadata={"lowbit": "student"})
     ctx.dist.barrier()
     return path
 
@@ -49,11 +53,11 @@ def load_student(run_dir: os.PathLike, device: str = "cpu"):
     """Rebuild a finished run's quantized model: returns (loaded model, recipe, report)."""
     run_dir = Path(run_dir)
     report_path = run_dir / "report.json"
-    if not report_path.exists() or not (run_dir / STUDENT_FILE).exists():
+    if not report_path.exists() or not state_exists(run_dir / STUDENT_FILE):
         raise LowbitError(f"{run_dir} is not a finished run folder (needs report.json and {STUDENT_FILE})")
     report = json.loads(report_path.read_text())
     recipe = Recipe.load(run_dir / "recipe.yaml")
-    state = load_file(str(run_dir / STUDENT_FILE), device=device)
+    state = load_state(run_dir / STUDENT_FILE, device=device)  # one file, or shards with an index
     return build_student(recipe, report["plan"], state, device), recipe, report
 
 

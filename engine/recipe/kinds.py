@@ -98,6 +98,20 @@ class _Bool(_Kind):
         return value
 
 
+class _BoolOrAuto(_Kind):
+    """true, false, or the word 'auto' (the engine decides)."""
+
+    def describe(self) -> str:
+        return "true, false or 'auto'"
+
+    def _parse(self, value, key):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        raise self.wrong(value, key)
+
+
 class _Number(_Kind):
     """A number with optional bounds; ``gt`` / ``lt`` exclude the bound, ``ge`` / ``le`` include it."""
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import RecipeError
 from . import text
-from .kinds import (_FloatOrAuto, CUSTOM_SCHEME, NO_FORMAT, SCHEMA_VERSION, _Bool, _build, _Choice, _Device, _dump, _Float,
-                    _FormatName, _Int, _List, _Nested, _opt, _required, _SchemeName, _section, _Section, _settable_keys,
-                    _show, _Str, _unknown_key, _Version, register_root)
+from .kinds import (_BoolOrAuto, _FloatOrAuto, CUSTOM_SCHEME, NO_FORMAT, SCHEMA_VERSION, _Bool, _build, _Choice,
+                    _Device, _dump, _Float, _FormatName, _Int, _List, _Nested, _opt, _required, _SchemeName, _section,
+                    _Section, _settable_keys, _show, _Str, _unknown_key, _Version, register_root)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,8 +115,19 @@ class CalibrationSection(_Section):
                                    "the group's max from calibration.mse_min_ratio to 1, keeping the least squared "
                                    "rounding error weighted by the Hessian diagonal (formats with stored scales)")
     awq_grid: int = _opt(20, _Int(ge=2), "AWQ scale exponents tried between 0 and 1")
+    awq_unfoldable: str = _opt("auto", _Choice("auto", "explicit", "skip"),
+                               "AWQ layer groups whose scale no norm or linear can absorb (BERT's FFN down "
+                               "projection after GELU, post-LN blocks): explicit = searched and kept as the layers' "
+                               "own input multiplier (dense exports fold it into the weight; compressed-tensors and "
+                               "modelopt exports refuse it); skip = left unscaled; auto = explicit unless "
+                               "export.format is compressed-tensors or modelopt")
     smoothquant_alpha: Any = _opt("auto", _FloatOrAuto(ge=0, le=1),
                                   "SmoothQuant migration strength in [0, 1]; 'auto' searches 0.3 .. 0.8 per layer group")
+    sequential: Any = _opt("auto", _BoolOrAuto(),
+                           "calibrate one transformer block on the device at a time, the weights kept in CPU memory "
+                           "(for a model larger than the GPU); auto = in PTQ runs, when the memory plan says the whole "
+                           "model does not fit the GPU but the run fits with the stages after calibration on the "
+                           "CPU; on a CPU it changes nothing")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,4 +51,5 @@ def settings_from_recipe(recipe, kind: str = "causal-lm", lr: float = None) -> T
         seed=recipe.seed, kd_alpha_final=t.kd_alpha_final, kd_anneal=t.kd_anneal,
         kd_hidden_layers=tuple(t.kd_hidden_layers), scale_penalty=t.scale_penalty, dropout=t.dropout,
         early_stop_patience=t.early_stop_patience, kd_embedding_weight=t.kd_embedding_weight,
+        checkpoint_shard_mb=recipe.export.max_shard_mb,
     )

@@ -24,7 +24,6 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import LowbitError, out_of_memory_error
@@ -35,7 +34,7 @@ from ..quant.select import restore_amax
 from ..parallel import Dist
 from ..parallel.checkpoint import is_sharded_checkpoint, load_checkpoint as load_sharded_checkpoint
 from ..parallel.checkpoint import save_checkpoint as save_sharded_checkpoint
-from ..statefile import cpu_state_dict, save_state
+from ..statefile import DEFAULT_SHARD_MB, cpu_state_dict, load_state, save_state_sharded
 from ..io.batch import model_inputs, token_mask
 from .losses import LossComposer, set_student_mode, student_randomness
 from .precision import MasterWeights
@@ -73,6 +72,8 @@ class TrainSettings:
     master_weights: bool = True
     # causal LMs in one process: the vocabulary loss a chunk of tokens at a time (engine.train.vocab_loss)
     chunked_vocab_loss: bool = True
+    # checkpoints' student.safetensors is written in shards of at most this many MB (engine.statefile)
+    checkpoint_shard_mb: float = DEFAULT_SHARD_MB
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -350,7 +351,9 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
-            save_state(cpu_state_dict(self.student), tmp / "student.safetensors")
+            # shard by shard straight from the model: one shard beside it, never a second full copy
+            save_state_sharded(self.student.state_dict().items(), tmp / "student.safetensors",
+                               self.s.checkpoint_shard_mb)
             torch.save({
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
@@ -383,7 +386,7 @@ class Trainer:
         if self.dist.active or is_sharded_checkpoint(path):  # any world size -> this one
             return load_sharded_checkpoint(self, path, self.dist)
         try:
-            weights = load_file(str(path / "student.safetensors"))
+            weights = load_state(path / "student.safetensors")  # one file, or shards with an index
             state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
         except Exception as exc:
             raise LowbitError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "

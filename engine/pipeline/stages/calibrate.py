@@ -7,10 +7,13 @@ from typing import Any, Dict, Optional
 import torch
 
 from ...errors import LowbitError
+from ...export import preflight
 from ...io.batch import model_inputs
 from ... import calib
-from ...calib.awq import awq
+from ...calib.awq import awq, resolve_unfoldable
+from ...calib.blocks import find_blocks
 from ...calib.gptq import gptq
+from ...calib.sequential import calibrate_activations_sequential, left_outside
 from ...calib.smoothquant import smoothquant
 from ...train import frozen_original
 from ...parallel.sync import sync_amax, sync_calibration
@@ -29,10 +32,22 @@ def calibrate_stage(ctx: RunContext) -> None:
                           "round differently): run it without torchrun, or use algorithm rtn")
     # each rank calibrates on its own batches and the statistics are merged (one rank: all of them, unchanged)
     batches = ctx.dist.shard_batches(ctx.batches(ctx.splits.calib, r.data.calib_batches))
+    # sequential calibration: the model is in CPU memory, and the whole-model passes (AWQ, SmoothQuant,
+    # GPTQ, weight scales) run there; only the activation scales go one block on the device at a time
+    where = torch.device("cpu") if ctx.sequential is not None else ctx.device
+    if ctx.sequential is not None:
+        outside = left_outside(model)
+        if outside:
+            raise LowbitError(f"calibration.sequential calibrates the layers inside the transformer blocks, and "
+                              f"{', '.join(outside[:3])} sit outside them: leave them unquantized (quant.exclude) "
+                              "or set calibration.sequential: false")
+        if steps != ["rtn"]:
+            ctx.log(f"calibration.algorithm {r.calibration.algorithm} runs on the whole model where its weights "
+                    "are (CPU memory); only the activation scales go one block on the device at a time")
 
     def plain_loop(m):
         for ids in batches:
-            m(**model_inputs(ids, ctx.device))
+            m(**model_inputs(ids, where))
 
     algo_report: Dict[str, Any] = {"algorithm": r.calibration.algorithm, "steps": []}
     for step in steps:  # scaling first: it changes the weights that the scales are measured on
@@ -40,14 +55,19 @@ def calibrate_stage(ctx: RunContext) -> None:
             continue
         with ctx.stage(step, None, detail=f"{len(batches)} batches") as prog:
             if step == "awq":
-                res = awq(model, plain_loop, grid=r.calibration.awq_grid, cancel=ctx.cancel)
+                res = awq(model, plain_loop, grid=r.calibration.awq_grid, cancel=ctx.cancel,
+                          unfoldable=resolve_unfoldable(r.calibration.awq_unfoldable, r.export.format))
             else:
                 alpha = None if r.calibration.smoothquant_alpha == "auto" else float(r.calibration.smoothquant_alpha)
                 res = smoothquant(model, plain_loop, alpha=alpha, cancel=ctx.cancel)
         folded = sum(1 for g in res.groups if g.get("folded"))
-        ctx.log(f"{step}: {folded} of {len(res.groups)} layer groups rescaled and folded "
-                f"({len(res.groups) - folded} without an exact fold left as they were), {res.seconds:.1f} s")
+        explicit = sum(1 for g in res.groups if g.get("explicit"))
+        kept = f", {explicit} without one given explicit input scales" if explicit else ""
+        ctx.log(f"{step}: {folded} of {len(res.groups)} layer groups rescaled and folded{kept} "
+                f"({len(res.groups) - folded - explicit} without an exact fold left as they were), {res.seconds:.1f} s")
         algo_report["steps"].append(res.to_dict())
+        if explicit and r.export.format:  # a packed export refuses explicit scales: say so now, not after training
+            preflight(model, r.export.format, before_calibration=True)
     with ctx.stage("calibrate weights", n_layers, detail=r.calibration.method) as prog:
         calib.calibrate_weights(model, r.calibration.method, r.calibration.mse_grid, r.calibration.mse_min_ratio,
                                 progress=lambda name: prog.step(detail=name))
@@ -64,6 +84,9 @@ def calibrate_stage(ctx: RunContext) -> None:
         algo_report["steps"].append(res.to_dict())
     if algo_report["steps"]:
         ctx.report["ptq_algorithm"] = algo_report
+    if ctx.sequential is not None:
+        _calibrate_sequential(ctx, model, batches)
+        return
     with ctx.stage("calibrate", len(batches), detail=f"{len(batches)} batches") as prog:
         def loop(m):
             for ids in batches:
@@ -73,6 +96,30 @@ def calibrate_stage(ctx: RunContext) -> None:
         calib.calibrate_activations(model, loop, r.calibration.method, r.calibration.percentile,
                                     reduce=lambda qs: sync_calibration(qs, ctx.dist))
     sync_amax(model, ctx.dist)  # identical scales on every rank before the model is wrapped
+
+
+def _calibrate_sequential(ctx: RunContext, model: torch.nn.Module, batches) -> None:
+    """Static activation scales one block on ``ctx.device`` at a time (engine.calib.sequential), then the
+    model to the device the rest of the run uses (``ctx.sequential``: the run's, or the CPU when the memory
+    plan says the whole model does not fit there)."""
+    r = ctx.recipe
+    calib_device = ctx.device
+    n_blocks = len(find_blocks(model)[1] or [])
+    with ctx.stage("calibrate", n_blocks, detail=f"{len(batches)} batches, one block at a time on {calib_device}") \
+            as prog:
+        def loop(m):
+            for ids in batches:
+                m(**model_inputs(ids, calib_device))
+
+        calibrate_activations_sequential(model, loop, calib_device, r.calibration.method, r.calibration.percentile,
+                                         progress=lambda what: prog.step(detail=what))
+    if ctx.sequential != calib_device:
+        ctx.log(f"the whole model does not fit {calib_device}: the stages after calibration run on "
+                f"{ctx.sequential}", "warning")
+        ctx.device = ctx.sequential
+    model.to(ctx.device)
+    ctx.report["calibration"] = {"sequential": True, "device": str(calib_device), "blocks": n_blocks,
+                                 "after": str(ctx.device)}
 
 
 def layer_errors(report: Dict[str, Any]) -> Dict[str, Dict[str, float]]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from safetensors.torch import load_file
 
 from ...errors import ExportError, LowbitError
 from ...export import (DEFAULT_SHARD_MB, VERIFY_BATCHES, check_output_folder, export_model, preflight,
@@ -23,6 +22,7 @@ from ...export import (DEFAULT_SHARD_MB, VERIFY_BATCHES, check_output_folder, ex
 from ...fsutil import write_json_atomic
 from ...io.data import batches as make_batches, make_splits
 from ...parallel.wrap import is_sharded, unwrap
+from ...statefile import load_state
 from ..context import RunContext
 from ..student import STUDENT_FILE, load_student, rebuild_student
 
@@ -48,7 +48,7 @@ def _unsharded_student(ctx: RunContext):
     if unwrap(model) is model and not is_sharded(model):
         yield ctx.loaded
         return
-    state = load_file(str(Path(ctx.run_dir) / STUDENT_FILE))
+    state = load_state(Path(ctx.run_dir) / STUDENT_FILE)
     yield rebuild_student(ctx, state)
 
 

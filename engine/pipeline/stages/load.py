@@ -14,7 +14,9 @@ def load_stage(ctx: RunContext) -> None:
     """Load the model and tokenize the data: ``ctx.loaded``, ``ctx.splits``, report["model"] and ["data"]."""
     r = ctx.recipe
     with ctx.stage("load", detail=str(r.model.path)):
-        ctx.loaded = load_model(r.model.path, kind=r.model.kind, dtype=r.model.dtype, device=str(ctx.device),
+        # sequential calibration: the weights stay in CPU memory, one block goes to the device at a time
+        home = "cpu" if ctx.sequential is not None else str(ctx.device)
+        ctx.loaded = load_model(r.model.path, kind=r.model.kind, dtype=r.model.dtype, device=home,
                                 trust_remote_code=r.model.trust_remote_code)
         info = describe_model(ctx.loaded)
         ctx.report["model"] = {k: info[k] for k in ("name", "architecture", "kind", "n_params", "dtype")}
