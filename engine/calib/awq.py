@@ -6,8 +6,13 @@ grid. For each group of layers reading one input, AWQ tries s = mean|x|^r for r 
 [0, 1] (normalised so that sqrt(max(s) * min(s)) = 1), rounds the scaled weights with each
 layer's own format, and keeps the r whose outputs on the calibration samples are closest to
 the full-precision ones (r = 0 is "no scaling", so the result is never worse than RTN on the
-samples). The chosen 1/s is folded exactly into the producer (see ``scaling``); groups with
-no exact fold are left unscaled and reported.
+samples). The chosen 1/s is folded exactly into the producer (see ``scaling``). Groups with
+no exact fold (BERT's FFN down projection reads GELU's output; its post-LN norms also feed
+the residual) follow ``unfoldable``: "skip" leaves them unscaled (and reports them);
+"explicit" searches them the same way and keeps 1/s as each layer's own input multiplier
+(``QuantLinear.pre_quant_scale``), which the dense export folds back into the weight and the
+packed exports refuse (their loaders know no such tensor). ``resolve_unfoldable`` turns the
+recipe's "auto" into one of the two from the export target.
 
 Run it before the weights are calibrated: the weights change, so any static weight amax
 measured earlier is measured again here.
@@ -27,7 +32,19 @@ from ..quant.linear import QuantLinear
 from . import scaling
 from .scaling import ScalingResult
 
-DEFAULTS = {"grid": 20, "max_samples": 2048}
+DEFAULTS = {"grid": 20, "max_samples": 2048, "unfoldable": "skip"}
+UNFOLDABLE = ("skip", "explicit")
+# export targets that can carry an explicit input multiplier (dense folds it into the weight)
+EXPLICIT_EXPORTS = (None, "dense")
+
+
+def resolve_unfoldable(setting: str, export_format: Optional[str]) -> str:
+    """calibration.awq_unfoldable: "auto" is "explicit" unless the export target is a packed layout
+    (compressed-tensors, modelopt), whose loaders know no input multiplier; then "skip"."""
+    if setting != "auto":
+        return setting
+    fmt = str(export_format).strip().lower() if export_format else None
+    return "explicit" if fmt in EXPLICIT_EXPORTS else "skip"
 
 
 def _loss(layers: List[QuantLinear], x: torch.Tensor, refs: List[torch.Tensor], s: Optional[torch.Tensor]) -> float:
@@ -45,10 +62,13 @@ def _loss(layers: List[QuantLinear], x: torch.Tensor, refs: List[torch.Tensor], 
 @torch.no_grad()
 def awq(model: nn.Module, forward_loop: Callable[[nn.Module], None], grid: int = 20, max_samples: int = 2048,
         progress: Optional[Callable[[int, int, Dict], None]] = None,
-        cancel: Optional[CancelToken] = None) -> ScalingResult:
-    """Search and fold AWQ scales for every input-sharing group of quantized layers."""
+        cancel: Optional[CancelToken] = None, unfoldable: str = "skip") -> ScalingResult:
+    """Search and fold AWQ scales for every input-sharing group of quantized layers; groups with no
+    exact fold are left as they are (``unfoldable="skip"``) or get explicit input scales ("explicit")."""
     if grid < 2:
         raise LowbitError(f"awq grid must be at least 2 (ratios from 0 to 1), not {grid}")
+    if unfoldable not in UNFOLDABLE:
+        raise LowbitError(f"awq unfoldable must be one of {', '.join(UNFOLDABLE)}, not {unfoldable!r}")
     t0 = time.perf_counter()
     result = ScalingResult("awq")
     for gi, n_groups, grp, modules in scaling.each_group(model, forward_loop, max_samples, cancel):
@@ -56,8 +76,9 @@ def awq(model: nn.Module, forward_loop: Callable[[nn.Module], None], grid: int =
                   if isinstance(modules[c], QuantLinear) and modules[c].weight_quantizer.enabled
                   and modules[c].weight_quantizer.fmt is not None]
         entry = grp.describe()
-        if not layers or not grp.foldable:
-            entry.update(folded=False, ratio=None)
+        explicit = not grp.foldable and unfoldable == "explicit"
+        if not layers or not (grp.foldable or explicit):
+            entry.update(folded=False, explicit=False, ratio=None)
             result.groups.append(entry)
             continue
         x = grp.samples.to(layers[0].weight.device)
@@ -73,7 +94,8 @@ def awq(model: nn.Module, forward_loop: Callable[[nn.Module], None], grid: int =
             if loss < best_loss:
                 best_r, best_loss, best_s = r, loss, s
         scaling.finish_group(result, entry, modules, grp, layers, refs, x, best_s, _loss, "awq_error",
-                             {"ratio": best_r}, {"ratio": best_r, "loss_before": base, "loss_after": best_loss})
+                             {"ratio": best_r}, {"ratio": best_r, "loss_before": base, "loss_after": best_loss},
+                             explicit=explicit)
         if progress is not None:
             progress(gi + 1, n_groups, {"group": grp.consumers[0]})
     return result.timed(t0)

@@ -21,7 +21,9 @@ rule finds the same scale again.
 Layers run one transformer block at a time on that block's own inputs (the
 outputs of the blocks already quantized), so the peak memory is the model plus
 one block's Hessians. Layers that read the same input (q / k / v, gate / up)
-share one Hessian and are rounded as one stacked matrix.
+share one Hessian and are rounded as one stacked matrix. A layer with an explicit
+input multiplier (``QuantLinear.pre_quant_scale``, AWQ's fallback where no fold
+exists) gets the Hessian of the input its matmul sees, x * pre_quant_scale.
 """
 
 from __future__ import annotations
@@ -271,15 +273,21 @@ class _Hessians:
         self._seen = {}
 
     def _hook(self, name: str):
-        def hook(_mod, args):
+        def hook(mod, args):
             x = args[0]
+            pre = getattr(mod, "pre_quant_scale", None)  # an explicit input multiplier (AWQ without a fold): the matmul sees x * pre
             if name not in self.leader:
-                self.leader[name] = self._seen.get(id(x), (name,))[0]
+                first = self._seen.get(id(x), (name, None, None))
+                same = (first[2] is None and pre is None) or (
+                    first[2] is not None and pre is not None and torch.equal(first[2], pre))
+                self.leader[name] = first[0] if same else name
             # holding the tensor keeps its id from being reused by another one within the batch
-            self._seen.setdefault(id(x), (name, x))
+            self._seen.setdefault(id(x), (name, x, pre))
             if self.leader[name] != name:
                 return None
             x = x.detach().reshape(-1, x.shape[-1]).float()
+            if pre is not None:
+                x = x * pre.float()
             n_new = x.shape[0]
             n_old = self.n.get(name, 0)
             H = self.H.get(name)

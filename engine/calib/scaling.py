@@ -306,11 +306,25 @@ class ScalingResult:
         return self
 
 
+@torch.no_grad()
+def apply_explicit(modules: Dict[str, nn.Module], consumers: List[str], s: torch.Tensor) -> None:
+    """Scale the consumers' weight columns by ``s`` and keep 1 / s as each one's own input multiplier
+    (``QuantLinear.pre_quant_scale``, composed with one already there): the fallback where no
+    module's output can absorb 1 / s."""
+    for c in consumers:
+        m = modules[c]
+        m.weight.data.mul_(s.to(m.weight.dtype).unsqueeze(0))
+        old = m.pre_quant_scale
+        inv = 1.0 / s.float().to(m.weight.device)
+        m.set_pre_quant_scale(inv if old is None else old.float() * inv)
+
+
 def finish_group(result, entry: dict, modules, grp, layers, refs, x, best_s, loss, error_key: str, extra: dict,
-                 summary: dict) -> None:
+                 summary: dict, explicit: bool = False) -> None:
     """Record one scaling group in ``result``: per-layer errors before and after its best scale
     (relative to the output energy) and the group's ``entry``; then fold the scale into the
-    producer and refresh the consumers' weight scales."""
+    producer (``explicit``: into the consumers' own input multipliers, see :func:`apply_explicit`)
+    and refresh the consumers' weight scales."""
     for layer, ref in zip(layers, refs):
         name = next(n for n in grp.consumers if modules[n] is layer)
         energy = float((ref ** 2).mean()) or 1.0
@@ -318,9 +332,12 @@ def finish_group(result, entry: dict, modules, grp, layers, refs, x, best_s, los
         after = loss([layer], x, [ref], best_s) if best_s is not None else before
         result.layers.append({"name": name, "rtn_error": before / energy, error_key: after / energy, **extra})
     if best_s is not None:
-        fold(modules, grp.producer, grp.producer_kind, grp.consumers, best_s)
+        if explicit:
+            apply_explicit(modules, grp.consumers, best_s)
+        else:
+            fold(modules, grp.producer, grp.producer_kind, grp.consumers, best_s)
         refresh_weight_amax(modules, grp.consumers)
-    entry.update(folded=best_s is not None, **summary)
+    entry.update(folded=best_s is not None and not explicit, explicit=best_s is not None and explicit, **summary)
     result.groups.append(entry)
 
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..quant.linear import QuantLinear
 from . import compressed_tensors, dense, modelopt
 from .common import (DEFAULT_SHARD_MB, MARKER, PRODUCER, TARGETS, ExportFolder, ShardWriter, base_config,
-                     check_output_folder,
+                     LayerQuant, check_output_folder,
                      copy_side_files, dtype_name, folder_bytes, high_precision_linears, iter_state, model_dtype,
                      producer_version, quantized_layers, tensor_bytes, ties_embeddings)
 
@@ -33,6 +34,33 @@ def writer_for(target: str):
     return writer
 
 
+def input_multipliers(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The layers holding an explicit per-input-channel multiplier (``QuantLinear.pre_quant_scale``:
+    an AWQ scale with no norm or linear to fold into), by name."""
+    return {n: m.pre_quant_scale for n, m in model.named_modules()
+            if isinstance(m, QuantLinear) and m.pre_quant_scale is not None}
+
+
+def _check_multipliers(model: nn.Module, layers: Dict[str, LayerQuant], target: str) -> None:
+    """The dense export folds an input multiplier into the weight it writes (x * p @ W^T = x @ (W p)^T);
+    a packed layout's loaders know no such tensor, and a plain load of a dense checkpoint would
+    quantize the activations before the multiplier: both are refused, naming the layers and the fix."""
+    mult = input_multipliers(model)
+    if target == dense.TARGET:
+        bad = [n for n in mult if n in layers and layers[n].act_fmt is not None]
+        why = "their activations are quantized, and a reload would quantize x instead of x * scale"
+    else:
+        bad = [n for n in mult if n in layers]
+        why = f"{target} loaders know no per-input-channel multiplier tensor"
+    if bad:
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise ExportError(
+            f"{len(bad)} quantized layers keep an explicit AWQ input scale (AWQ found no norm or linear whose "
+            f"output could absorb it): {', '.join(bad[:4])}{more}; {why}. Export as dense (weight-only schemes: "
+            "the scale is folded into the written weight), or quantize again with calibration.awq_unfoldable: "
+            "skip (auto chooses skip for compressed-tensors and modelopt exports)")
+
+
 def check_exportable(model: nn.Module, target: str, before_calibration: bool = False) -> None:
     """Raise ExportError now if ``model`` cannot be written as ``target`` (nothing is written).
 
@@ -42,7 +70,9 @@ def check_exportable(model: nn.Module, target: str, before_calibration: bool = F
     layers = quantized_layers(model, assume_calibrated=before_calibration)
     if not layers:
         raise ExportError("the model has no quantized layer to export; quantize it first")
-    writer_for(target).check(layers, model)
+    writer = writer_for(target)
+    _check_multipliers(model, layers, writer.target)
+    writer.check(layers, model)
 
 
 def preflight(model: nn.Module, target: str, out: Optional[os.PathLike] = None,
@@ -70,7 +100,9 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
     layers = quantized_layers(model)
     if not layers:
         raise ExportError("the model has no quantized layer to export; quantize it first")
+    _check_multipliers(model, layers, target)
     writer.check(layers, model)
+    mult = input_multipliers(model)
     dtype = dtype or model_dtype(model)
     if not dtype.is_floating_point:
         raise ExportError(f"export dtype must be a floating-point type, not {dtype}")
@@ -89,9 +121,13 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
         infos: Dict[str, Dict[str, Any]] = {}
         for key, value in iter_state(model):
             module, _, pname = key.rpartition(".")
+            if pname == "pre_quant_scale" and module in mult:
+                continue  # folded into the weight below (dense) or refused by _check_multipliers
             if pname == "weight" and module in layers:
                 layer = layers[module]
                 tensors = writer.layer_tensors(layer, dtype)
+                if module in mult:  # dense only: x * p @ Q^T = x @ (Q p)^T
+                    tensors["weight"] = (tensors["weight"].float() * mult[module].float().cpu()).to(dtype)
                 for local, t in tensors.items():
                     shards.add(f"{module}.{local}", t)
                     if not local.startswith(_NOT_WEIGHT):
@@ -107,6 +143,8 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
                     on_layer(module)
                 continue
             sk = _storage_key(value)
+            if pname == "weight" and module in mult:  # a layer kept in high precision: fold exactly
+                value = value * mult[module].to(value.device, value.dtype)
             if sk in seen:
                 if seen[sk] in quantized_keys:
                     break_tie = True  # tied to a matrix that was written quantized

@@ -168,3 +168,170 @@ def test_awq_model_exports_without_extra_tensors(target, tmp_path):
     assert keys(tmp_path / "awq") == keys(tmp_path / "plain")  # the scales live in the norms and weights
     v = verify_export(tmp_path / "awq", model, batches[:1])
     assert v["passed"], v
+
+
+# ------------------------------------------------------------------ explicit scales where no fold exists
+
+def _explicit_bert(scheme="custom"):
+    model = build("bert")
+    sch = schemes.get("custom", "int4_g32", "none") if scheme == "custom" else schemes.get(scheme)
+    apply_plan(model, plan_layers(model, sch)[0])
+    return model
+
+
+def test_explicit_scales_where_no_fold_exists_are_exact_and_lower_the_error():
+    """BERT's FFN down projection reads GELU's output (and its post-LN norms feed the residual):
+    with unfoldable="explicit" those groups are searched too, their weights hold W * s and the
+    layers multiply their input by 1 / s, so the full-precision output is unchanged and the
+    quantized error on the samples is below round-to-nearest."""
+    batches = _batches()
+    skip, explicit = _explicit_bert(), _explicit_bert()
+    ref = _outputs(explicit, batches)
+    res_skip = awq(skip, _loop(batches, "bert"), grid=10)
+    res = awq(explicit, _loop(batches, "bert"), grid=10, unfoldable="explicit")
+    got = _outputs(explicit, batches)
+    assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-5
+    groups = {g["consumers"][0]: g for g in res.groups}
+    down = groups["encoder.layer.0.output.dense"]
+    assert down["producer"] is None and down["explicit"] and not down["folded"] and down["ratio"] > 0
+    assert "channel by channel" in down["reason"]
+    layer = explicit.encoder.layer[0].output.dense
+    assert layer.pre_quant_scale is not None and layer.pre_quant_scale.shape == (layer.in_features,)
+    # folded groups are untouched by the setting; skipped groups carry no multiplier
+    assert all(not g.get("explicit") for g in res_skip.groups)
+    assert skip.encoder.layer[0].output.dense.pre_quant_scale is None
+    rows = {r["name"]: r for r in res.layers}
+    assert rows["encoder.layer.1.output.dense"]["awq_error"] < rows["encoder.layer.1.output.dense"]["rtn_error"]
+    assert all(r["awq_error"] <= r["rtn_error"] + 1e-12 for r in res.layers)
+    assert len(res.layers) > len(res_skip.layers)
+    with pytest.raises(LowbitError, match="unfoldable"):
+        awq(skip, _loop(batches, "bert"), unfoldable="fold")
+
+
+def test_explicit_scales_survive_a_saved_state_and_restore():
+    from engine.quant.select import restore_amax
+
+    batches = _batches(2)
+    model = _explicit_bert()
+    awq(model, _loop(batches, "bert"), grid=6, unfoldable="explicit")
+    q = _quantized_out(model, batches)
+    state = model.state_dict()
+    assert "encoder.layer.0.output.dense.pre_quant_scale" in state
+    again = build("bert")  # a fresh model rebuilt from the plan and the saved state (engine.pipeline.student)
+    apply_plan(again, plan_layers(again, schemes.get("custom", "int4_g32", "none"))[0])
+    restore_amax(again, state)
+    again.load_state_dict(state, strict=False)
+    assert torch.equal(_quantized_out(again, batches), q)
+    # back to plain nn.Linear layers: the multiplier goes into the weight, the output stays
+    fp = _outputs(again, batches)
+    for _, layer in quant_layers(again):
+        layer.restore()
+    with torch.no_grad():
+        plain = again(input_ids=batches[0]).last_hidden_state
+    assert float((plain - fp).abs().max() / fp.abs().max()) <= 1e-5
+
+
+def test_explicit_scales_export_dense_folded_and_packed_refused(tmp_path):
+    from safetensors import safe_open
+
+    from engine import calib
+    from engine.errors import ExportError
+    from engine.export import export_model, verify_export
+    from engine.export.exporter import check_exportable
+
+    batches = _batches(2)
+    model, plain = _explicit_bert(), _explicit_bert()
+    awq(model, _loop(batches, "bert"), grid=6, unfoldable="explicit")
+    for m in (model, plain):
+        calib.calibrate(m, _loop(batches, "bert"))
+    export_model(model, "dense", tmp_path / "awq")
+    export_model(plain, "dense", tmp_path / "plain")
+
+    def tensors(folder):
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as fh:
+                out.update({k: fh.get_tensor(k) for k in fh.keys()})
+        return out
+
+    got = tensors(tmp_path / "awq")
+    assert set(got) == set(tensors(tmp_path / "plain"))  # no multiplier tensor: it is in the weight
+    layer = model.encoder.layer[0].output.dense
+    assert torch.equal(got["encoder.layer.0.output.dense.weight"],
+                       (layer.quantized_weight().float() * layer.pre_quant_scale).to(got[
+                           "encoder.layer.0.output.dense.weight"].dtype))
+    v = verify_export(tmp_path / "awq", model, batches[:1])
+    assert v["passed"], v
+    for target in ("compressed-tensors", "modelopt"):
+        with pytest.raises(ExportError, match=r"encoder\.layer\.0\.attention\.self\.query.*awq_unfoldable: skip"):
+            check_exportable(model, target)
+        with pytest.raises(ExportError, match="explicit AWQ input scale"):
+            export_model(model, target, tmp_path / target)
+        assert not (tmp_path / target).exists() or not any((tmp_path / target).iterdir())
+
+
+def test_explicit_scales_are_seen_by_gptq_and_the_auto_setting():
+    from engine.calib.awq import resolve_unfoldable
+    from engine.calib.gptq import gptq
+
+    assert resolve_unfoldable("auto", None) == "explicit" and resolve_unfoldable("auto", "dense") == "explicit"
+    assert resolve_unfoldable("auto", "compressed-tensors") == "skip" and resolve_unfoldable("auto", "modelopt") == "skip"
+    assert resolve_unfoldable("skip", None) == "skip" and resolve_unfoldable("explicit", "modelopt") == "explicit"
+    batches = _batches(3)
+    model = _explicit_bert()
+    awq(model, _loop(batches, "bert"), grid=6, unfoldable="explicit")
+    layer = model.encoder.layer[1].output.dense
+    seen = []
+    h = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1]) * m.pre_quant_scale))
+    with quantization_disabled(model), torch.no_grad():
+        _loop(batches, "bert")(model)
+    h.remove()
+    x = torch.cat(seen)  # what the matmul multiplies
+    w = layer.weight.detach().clone()
+    res = gptq(model, _loop(batches, "bert"))
+    row = next(r for r in res.layers if r["name"] == "encoder.layer.1.output.dense")
+    d = layer.weight.detach() - w
+    rel = float(((x @ d.T) ** 2).sum() / ((x @ w.T) ** 2).sum())
+    assert abs(rel - row["gptq_error"]) <= 1e-3 * row["gptq_error"]  # its Hessian is that of x * pre_quant_scale
+    assert all(r["gptq_error"] < r["rtn_error"] for r in res.layers)
+
+
+def _bert_run(model_dir, data, run_dir, export, unfoldable="auto"):
+    from engine.pipeline.runner import run
+    from engine.recipe import Recipe
+
+    recipe = Recipe.from_dict({
+        "model": {"path": str(model_dir)},
+        "data": {"path": str(data), "seq_len": 32, "batch_size": 2, "calib_batches": 2, "eval_batches": 1},
+        "quant": {"scheme": "custom", "weight": "int4_g32"}, "mode": "ptq", "device": "cpu",
+        "calibration": {"algorithm": "awq", "awq_grid": 4, "awq_unfoldable": unfoldable},
+        # export.verify off: verifying a BERT run's export trips over its masked eval batches (Samples), with rtn too
+        "export": {"format": export, "verify": False}, "analysis": {"benchmark": False}})
+    return run(recipe, run_dir=run_dir).report
+
+
+def test_a_bert_run_chooses_explicit_scales_by_export_target(tiny_bert_dir, text_file, tmp_path):
+    from safetensors import safe_open
+
+    from engine.errors import ExportError
+    from engine.recipe import Recipe, RecipeError
+
+    def unfolded(report):  # the groups with no fold: searched (a ratio) when explicit, else left alone
+        return {g["consumers"][0]: g for step in report["ptq_algorithm"]["steps"] for g in step["groups"]
+                if g["producer"] is None}
+
+    dense = _bert_run(tiny_bert_dir, text_file, tmp_path / "dense", "dense")  # auto: explicit
+    groups = unfolded(dense)
+    assert groups["encoder.layer.0.output.dense"]["ratio"] is not None
+    assert any(g["explicit"] for g in groups.values())
+    exported = [f for f in (tmp_path / "dense").rglob("*.safetensors") if "export" in str(f.parent)]
+    assert exported
+    for f in exported:  # folded into the weights: no tensor a loader would not know
+        with safe_open(str(f), "pt") as fh:
+            assert not any(k.endswith("pre_quant_scale") for k in fh.keys())
+    packed = _bert_run(tiny_bert_dir, text_file, tmp_path / "ct", "compressed-tensors")  # auto: skip
+    assert all(g["ratio"] is None and not g["explicit"] for g in unfolded(packed).values())
+    with pytest.raises(ExportError, match="awq_unfoldable: skip"):  # refused right after AWQ, before any training
+        _bert_run(tiny_bert_dir, text_file, tmp_path / "refused", "compressed-tensors", "explicit")
+    with pytest.raises(RecipeError, match="awq_unfoldable"):
+        Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"awq_unfoldable": "fold"}})
