@@ -151,3 +151,20 @@ def test_lowbit_plan_json_with_a_declared_gpu_budget(llama_dir, tmp_path):
              for p in (whole, seq)}
     assert calib[True]["peak_bytes"] < 0.7 * calib[False]["peak_bytes"]  # embeddings and head dominate this one
     assert calib[True]["per_device"]["cpu"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_sequential_on_cuda_matches_whole_model_and_moves_the_model_there(llama_dir, text_file, tmp_path):
+    from engine.pipeline import run
+
+    reports = {}
+    for sequential in (False, True):
+        r = _recipe(llama_dir, text_file, sequential)
+        r["device"] = "cuda"
+        reports[sequential] = run(Recipe.from_dict(r), run_dir=tmp_path / str(sequential)).report
+    assert reports[True]["calibration"]["after"].startswith("cuda")  # the tiny model fits: back on the GPU
+    whole = {row["name"]: row["input_amax"] for row in reports[False]["layers"]}
+    seq = {row["name"]: row["input_amax"] for row in reports[True]["layers"]}
+    assert whole.keys() == seq.keys()
+    for name in whole:
+        assert seq[name] == pytest.approx(whole[name], rel=1e-5), name
