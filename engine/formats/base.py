@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import _compile
+from . import _reuse
 from .numerics import finite_abs
 
 
@@ -191,7 +191,7 @@ class Format:
             if amax is not None and amax.requires_grad and self.lsq_divisor is None:
                 raise ValueError(f"format {self.name} has no learnable scale")
             return _StraightThrough.apply(x, self, amax)
-        return _compile.run(self, x, amax, False)[0]
+        return _reuse.run(self, x, amax, False)[0]
 
     def quantize(self, x: torch.Tensor, amax: Optional[torch.Tensor] = None) -> QTensor:
         if not torch.is_floating_point(x):
@@ -264,7 +264,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fmt: Format, amax):
-        y, mask = _compile.run(fmt, x, amax, True)
+        y, mask = _reuse.run(fmt, x, amax, True)
         ctx.fmt = fmt
         if amax is not None and amax.requires_grad:
             ctx.save_for_backward(mask, x, y, amax)

@@ -76,11 +76,12 @@ class NVFP4Format(Format):
 
     def _scales(self, xg, amax):
         """(a_t, s_b, s2, divisor, multiplier, ok); a zero s2 or s_b * s2 zeroes the block."""
-        mag = finite_abs(xg)
-        a_t = mag.amax() if amax is None else amax
+        block_amax = finite_abs(xg).amax(-1, keepdim=True)
+        # the tensor amax is the largest block amax (the same number; one pass less over x)
+        a_t = block_amax.amax() if amax is None else amax
         s2_raw = a_t / NVFP4_GLOBAL
         s2 = safe_scale(s2_raw)
-        ratio = (mag.amax(-1, keepdim=True) / 6.0) / s2
+        ratio = (block_amax / 6.0) / s2
         sb = e4m3_round(ratio.clamp(E4M3_MIN_SUBNORMAL, 448.0))
         s, s_out, ok = split_scale(sb * s2)
         ok = ok & (s2_raw > 0)

@@ -49,14 +49,16 @@ def round_minifloat(y: torch.Tensor, mbits: int, emin: int, maxval: float) -> to
     """
     y = y.clamp(-maxval, maxval)
     if torch.compiler.is_compiling():
-        quantum = _quantum_by_comparison(y.abs(), mbits, emin, maxval)
-    else:
-        binade = (y.view(torch.int32) & _EXP_MASK).view(torch.float32)
-        quantum = torch.clamp(binade * (2.0 ** -mbits), min=2.0 ** (emin - mbits))
+        # y * 2**-k is y / 2**k exactly (both are the correctly rounded y * 2**-k, and every
+        # quantum's reciprocal is a normal float32), and a multiply is much cheaper than a divide
+        quantum, inverse = _quantum_by_comparison(y.abs(), mbits, emin, maxval, with_inverse=True)
+        return torch.round(y * inverse) * quantum
+    binade = (y.view(torch.int32) & _EXP_MASK).view(torch.float32)
+    quantum = torch.clamp(binade * (2.0 ** -mbits), min=2.0 ** (emin - mbits))
     return torch.round(y / quantum) * quantum
 
 
-def _quantum_by_comparison(a: torch.Tensor, mbits: int, emin: int, maxval: float) -> torch.Tensor:
+def _quantum_by_comparison(a: torch.Tensor, mbits: int, emin: int, maxval: float, with_inverse: bool = False):
     """The same quantum as the exponent-bit reading, from one comparison per binade of the grid.
 
     Inside ``torch.compile`` this is the faster lowering: the float-to-int bit view
@@ -65,13 +67,18 @@ def _quantum_by_comparison(a: torch.Tensor, mbits: int, emin: int, maxval: float
     binade each threshold 2**e that |y| reaches doubles the quantum; below it the
     subnormal quantum holds. NaN compares false everywhere and keeps the smallest
     quantum, which leaves it NaN as before. Exactly equal to the bit reading
-    (tests compare the two over every binade and its edges).
+    (tests compare the two over every binade and its edges). ``with_inverse``: also
+    1 / quantum (a power of two, exact), selected by the same comparisons.
     """
     emax = math.floor(math.log2(maxval))
     quantum = torch.full_like(a, 2.0 ** (emin - mbits))
+    inverse = torch.full_like(a, 2.0 ** (mbits - emin)) if with_inverse else None
     for e in range(emin + 1, emax + 1):
-        quantum = torch.where(a >= 2.0 ** e, 2.0 ** (e - mbits), quantum)
-    return quantum
+        reached = a >= 2.0 ** e
+        quantum = torch.where(reached, 2.0 ** (e - mbits), quantum)
+        if with_inverse:
+            inverse = torch.where(reached, 2.0 ** (mbits - e), inverse)
+    return (quantum, inverse) if with_inverse else quantum
 
 
 def safe_scale(s: torch.Tensor) -> torch.Tensor:

@@ -672,6 +672,43 @@ def test_compiled_quantum_equals_the_exponent_bits(grid):
     assert torch.equal(ours[finite], bits[finite])
     # NaN: the quantum does not matter (round(NaN / q) * q is NaN), but it must be finite and positive
     assert bool((ours[~finite] > 0).all())
+    # the compiled rounding multiplies by the reciprocal quantum: exactly 1 / quantum, and y * inverse
+    # is y / quantum bit for bit (both signs, every binade edge, denormals), NaN staying NaN
+    q, inverse = _quantum_by_comparison(a, mbits, emin, maxval, with_inverse=True)
+    assert torch.equal(q, ours) and bool((q * inverse == 1.0).all())
+    y = torch.cat([a, -a])
+    qq, ii = torch.cat([q, q]), torch.cat([inverse, inverse])
+    assert torch.equal((y * ii).view(torch.int32), (y / qq).view(torch.int32))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside inductor
+def test_compiled_nvfp4_with_a_calibrated_amax_matches_eager(monkeypatch):
+    """W4A4 training's activation path: NVFP4 under a calibrated (static) tensor amax below the
+    data's max, rows that do not divide the blocks (680 = 42 * 16 + 8): the compiled output and
+    STE gradient equal the eager ones and the reference bit for bit, clipped elements included."""
+    x_np = make_input("specials", (48, 680), seed=31)
+    amax = torch.tensor(float(np.nanmax(np.abs(x_np[np.isfinite(x_np)]))) * 0.6)
+    g = torch.from_numpy(np.random.default_rng(3).standard_normal(x_np.shape).astype(F32))
+    fmt = F.get("nvfp4")
+
+    def run():
+        xg = torch.from_numpy(x_np).requires_grad_()
+        y = fmt.fake_quant(xg, amax)
+        y.backward(g)
+        return y.detach(), xg.grad
+
+    monkeypatch.setenv("LOWBIT_COMPILE", "0")
+    eager = run()
+    ref = R.reference("nvfp4", x_np, amax=amax.numpy())
+    assert_bits(eager[0], ref.y, x_np)
+    assert not ref.mask.all(), "the calibrated amax should clip some elements"
+    assert_bits(eager[1], np.where(ref.mask, g.numpy(), 0), x_np, signed_zero=False)
+    monkeypatch.setenv("LOWBIT_COMPILE", "1")
+    compiled = run()
+    assert not _compile._broken, "torch.compile failed and fell back to eager"
+    assert ("nvfp4", True, 680) in _compile._compiled
+    assert_bits(compiled[0], eager[0], x_np, what="compiled output")
+    assert_bits(compiled[1], eager[1], x_np, what="compiled gradient")
 
 
 # --------------------------------------------------------------------------------------
