@@ -19,8 +19,9 @@ from ..devices import resolve_device
 from ..errors import LowbitError
 from ..events import CancelToken, ConsoleSink, StageStarted
 from ..fsutil import clean_json, write_json_atomic
-from ..io.data import batches, make_splits
+from ..io.data import batches
 from ..io.model import load_model
+from ..io.samples import splits_for
 from . import paths
 
 DEFAULT_FORMATS = "nvfp4,mxfp4,int4_g128,int8,fp8_e4m3"
@@ -55,8 +56,8 @@ class _Session:
         if self.loaded.tokenizer is None:
             raise LowbitError(f"{args.model} has no tokenizer, so --data cannot be tokenized; add tokenizer files "
                               "to the model folder")
-        self.splits = make_splits(self.loaded.tokenizer, args.data, args.seq_len, eval_path=args.eval_data,
-                                  seed=args.seed)
+        self.splits = splits_for(self.loaded.tokenizer, self.loaded.kind, args.data, args.seq_len,
+                                 eval_path=args.eval_data, seed=args.seed)
         self.calib = batches(self.splits.calib, args.batch_size, args.batches)
         self.eval = batches(self.splits.eval, args.batch_size, args.eval_batches)
         self.layers = candidate_layers(self.loaded.model, args.include or ("*",), args.exclude or (),

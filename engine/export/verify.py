@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import formats
 from ..errors import ExportError
+from ..io.batch import model_inputs, token_mask
 from ..quant.linear import QuantLinear
 from .checkpoint import ExportedCheckpoint
 from .reader import read_export
@@ -94,16 +95,21 @@ def _logits(out) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compare_logits(a: nn.Module, b: nn.Module, batches: Iterable[torch.Tensor], device=None,
+def compare_logits(a: nn.Module, b: nn.Module, batches: Iterable, device=None,
                    on_batch: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
     device = device or next(a.parameters()).device
     max_diff, max_logit, n = 0.0, 0.0, 0
-    for i, ids in enumerate(batches):
-        ids = ids.to(device)
-        la = _logits(a(input_ids=ids)).float()
-        lb = _logits(b(input_ids=ids)).float()
+    for i, batch in enumerate(batches):
+        # token blocks, or padded sentences with their attention mask (encoders): padding is not compared
+        inputs = model_inputs(batch, device)
+        la = _logits(a(**inputs)).float()
+        lb = _logits(b(**inputs)).float()
         if la.shape != lb.shape:
             raise ExportError(f"the rebuilt model gives logits of shape {tuple(lb.shape)}, not {tuple(la.shape)}")
+        mask = token_mask(inputs)
+        if mask is not None:
+            real = mask.bool()
+            la, lb = la[real], lb[real]
         max_diff = max(max_diff, float((la - lb).abs().max()))
         max_logit = max(max_logit, float(la.abs().max()))
         n += 1
@@ -112,7 +118,7 @@ def compare_logits(a: nn.Module, b: nn.Module, batches: Iterable[torch.Tensor], 
     return {"max_abs_logit_diff": max_diff, "max_abs_logit": max_logit, "batches": n}
 
 
-def verify_export(out_dir: Union[str, os.PathLike], student_model: nn.Module, eval_batches: Iterable[torch.Tensor],
+def verify_export(out_dir: Union[str, os.PathLike], student_model: nn.Module, eval_batches: Iterable,
                   on_batch: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
     """Reload ``out_dir`` with our reader, rebuild the model and compare its logits with the student's.
 

@@ -28,7 +28,7 @@ import torch
 from engine.errors import DataError
 
 from .batch import Batch, Samples, model_inputs, pad_id, token_mask  # noqa: F401  (the data path's names)
-from .data import DataSplits, load_texts
+from .data import DataSplits, load_texts, make_splits
 
 
 # --------------------------------------------------------------------------- reading and encoding
@@ -102,3 +102,21 @@ def make_sample_splits(tokenizer: Any, path: Union[str, Path], max_len: int,
         pool = Samples(samples.input_ids[n_eval:], samples.attention_mask[n_eval:])
     return DataSplits(calib=pool, train=pool, eval=evals, n_tokens=pool.numel(), n_eval_tokens=evals.numel(),
                       seq_len=max_len, seed=int(seed))
+
+
+def sample_mode(samples: str, kind: str) -> str:
+    """``data.samples`` resolved for a model kind: ``auto`` = lines for encoders, packed blocks otherwise."""
+    return samples if samples != "auto" else ("lines" if kind == "encoder" else "packed")
+
+
+def splits_for(tokenizer: Any, kind: str, path: Union[str, Path], seq_len: int, samples: str = "auto",
+               eval_path: Union[str, Path, None] = None, text_field: str = "text", eval_fraction: float = 0.1,
+               seed: int = 0) -> DataSplits:
+    """The splits a run of this model kind trains and evaluates on: sentences for encoders (special
+    tokens, padding, attention mask), packed blocks for causal LMs, as ``data.samples`` says.
+
+    Every part of the engine that re-reads a recipe's data (the run, exports of a finished run, sweeps,
+    analysis) goes through here, so none of them feeds an encoder packed text by accident."""
+    split = make_sample_splits if sample_mode(samples, kind) == "lines" else make_splits
+    return split(tokenizer, path, seq_len, eval_path=eval_path, text_field=text_field,
+                 eval_fraction=eval_fraction, seed=seed)

@@ -128,7 +128,8 @@ def _mixed_recipe(spec: SweepSpec, sink: Sink, cancel: CancelToken):
     from ..analysis.layers import candidate_layers
     from ..analysis.mixed import mixed_precision, mixed_recipe_dict
     from ..io.demo import resolve_data_paths
-    from ..io.data import batches, make_splits
+    from ..io.data import batches
+    from ..io.samples import splits_for
     from ..io.model import load_model
     from ..quant import schemes as scheme_registry
     from ..recipe import Recipe
@@ -145,8 +146,9 @@ def _mixed_recipe(spec: SweepSpec, sink: Sink, cancel: CancelToken):
     if data_path is None:
         raise LowbitError("the sweep's recipe has no data.path: choose a text file, a folder of .txt files or a "
                           ".jsonl file")
-    splits = make_splits(loaded.tokenizer, data_path, base.data.seq_len, eval_path=eval_path,
-                         text_field=base.data.text_field, eval_fraction=base.data.eval_fraction, seed=base.seed)
+    splits = splits_for(loaded.tokenizer, loaded.kind, data_path, base.data.seq_len, base.data.samples,
+                        eval_path=eval_path, text_field=base.data.text_field,
+                        eval_fraction=base.data.eval_fraction, seed=base.seed)
     calib = batches(splits.calib, base.data.batch_size, min(base.data.calib_batches, MIXED_BATCHES))
     evals = batches(splits.eval, base.data.batch_size, min(base.data.eval_batches, MIXED_BATCHES))
     layers = candidate_layers(loaded.model, base.quant.include, base.quant.exclude, base.quant.default_exclusions)

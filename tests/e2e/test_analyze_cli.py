@@ -73,3 +73,17 @@ def test_lowbit_mixed_recipe_meets_budget_and_runs(tiny_llama_dir, text_file, tm
     assert {p["name"]: p["weight"] for p in report["plan"] if p["weight"]} == mixed["assignment"]
     # the run measures the same model on the same held-out batches (its KL sums float32 log-softmaxes)
     assert report["ptq"]["kl"] == pytest.approx(mixed["measured_kl"], rel=0.02)
+
+
+def test_lowbit_analyze_reads_an_encoders_data_as_sentences(tiny_bert_dir, text_file, tmp_path):
+    """An encoder is analysed on padded sentences with their mask, as the run feeds it, not on packed text."""
+    sentences = tmp_path / "sentences.txt"
+    lines = [s.strip() for s in text_file.read_text(encoding="utf-8").split(".") if len(s.split()) >= 4][:60]
+    sentences.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "analysis"
+    _lowbit("analyze", "--model", tiny_bert_dir, "--data", sentences, "--formats", "nvfp4,int8", *DATA,
+            "--out", out, "--quiet")
+    data = json.loads((out / "analysis.json").read_text())
+    assert data["formats"] == ["nvfp4", "int8"]
+    names = [r["name"] for r in data["layers"]]
+    assert "encoder.layer.0.attention.self.query" in names and "encoder.layer.1.output.dense" in names

@@ -20,7 +20,9 @@ from ...errors import ExportError, LowbitError
 from ...export import (DEFAULT_SHARD_MB, VERIFY_BATCHES, check_output_folder, export_model, preflight,
                        quantized_layers, summary_line, verify_export, writer_for)
 from ...fsutil import write_json_atomic
-from ...io.data import batches as make_batches, make_splits
+from ...io.data import batches as make_batches
+from ...io.demo import resolve_data_paths
+from ...io.samples import splits_for
 from ...parallel.wrap import is_sharded, unwrap
 from ...statefile import load_state
 from ..context import RunContext
@@ -91,11 +93,14 @@ def _run_eval_batches(loaded, recipe) -> tuple:
     """The run's first evaluation batches, rebuilt from its recipe; random tokens when its data is gone."""
     data = recipe.data
     n = _n_verify_batches(data)
-    if data.path is not None and loaded.tokenizer is not None:
+    if loaded.tokenizer is not None:
         try:
-            splits = make_splits(loaded.tokenizer, data.path, data.seq_len, eval_path=data.eval_path,
-                                 text_field=data.text_field, eval_fraction=data.eval_fraction, seed=recipe.seed)
-            return make_batches(splits.eval, data.batch_size, n), "eval data"
+            data_path, eval_path = resolve_data_paths(recipe)  # the demo's data by name, too
+            if data_path is not None:
+                splits = splits_for(loaded.tokenizer, loaded.kind, data_path, data.seq_len, data.samples,
+                                    eval_path=eval_path, text_field=data.text_field,
+                                    eval_fraction=data.eval_fraction, seed=recipe.seed)
+                return make_batches(splits.eval, data.batch_size, n), "eval data"
         except LowbitError:
             pass
     # the comparison is numerical (same logits from both models), so any tokens will do

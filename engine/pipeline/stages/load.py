@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ...errors import LowbitError
-from ...io.data import make_splits
-from ...io.samples import make_sample_splits
+from ...io.samples import sample_mode, splits_for
 from ...io.demo import resolve_data_paths
 from ...io.model import describe_model, load_model
 from ..context import RunContext
@@ -25,11 +24,10 @@ def load_stage(ctx: RunContext) -> None:
         data_path, eval_path = resolve_data_paths(r)
         if data_path is None:
             raise LowbitError("the recipe has no data.path: choose a text file, a folder of .txt files or a .jsonl file")
-        samples = r.data.samples if r.data.samples != "auto" else (
-            "lines" if ctx.loaded.kind == "encoder" else "packed")
-        split = make_sample_splits if samples == "lines" else make_splits
-        ctx.splits = split(ctx.loaded.tokenizer, data_path, r.data.seq_len, eval_path=eval_path,
-                           text_field=r.data.text_field, eval_fraction=r.data.eval_fraction, seed=r.seed)
+        samples = sample_mode(r.data.samples, ctx.loaded.kind)
+        ctx.splits = splits_for(ctx.loaded.tokenizer, ctx.loaded.kind, data_path, r.data.seq_len, samples,
+                                eval_path=eval_path, text_field=r.data.text_field,
+                                eval_fraction=r.data.eval_fraction, seed=r.seed)
         ctx.report["data"] = {"path": str(data_path), "eval_path": eval_path, "seq_len": r.data.seq_len,
                               "samples": samples,
                               "calib_blocks": int(ctx.splits.calib.shape[0]),
