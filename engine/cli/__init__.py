@@ -12,9 +12,9 @@ import sys
 from typing import List, Optional
 
 from ..errors import LowbitError
-from . import analyze, bench, export, formats, plan, quantize, report, run, sweep
+from . import analyze, bench, export, formats, keys, plan, quantize, report, run, sweep
 
-VERBS = (formats, bench, plan, run, quantize, analyze, export, sweep, report)  # the order `lowbit --help` lists them in
+VERBS = (formats, keys, bench, plan, run, quantize, analyze, export, sweep, report)  # the order `lowbit --help` lists them in
 
 
 def build_parser() -> argparse.ArgumentParser:
