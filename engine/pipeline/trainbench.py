@@ -1,8 +1,11 @@
 """Step time of QAT and QAD next to plain fine-tuning of the same model, in one run.
 
 Each configuration trains the same model (a fresh copy) on the same batches;
-the first steps warm up (allocation, compilation) and are not timed. Ratios are
-median step time over the plain fine-tuning median measured in the same run.
+the first steps warm up (allocation, compilation) and are not timed. Timed steps
+alternate with steps of the plain fine-tuning trainer (plain, configuration, plain,
+...), so a change in the machine's load hits both sides of a ratio alike: each ratio
+is the configuration's median step time over the median of the plain steps taken
+between its own. Two trainers (and a QAD teacher) are alive at a time.
 """
 
 from __future__ import annotations
@@ -32,15 +35,22 @@ def _bench_model(hidden: int = 256, layers: int = 4, vocab: int = 2048):
     return LlamaForCausalLM(cfg)
 
 
-def _time_steps(trainer: Trainer, warmup: int, steps: int, sync) -> List[float]:
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+def _timed_step(trainer: Trainer, sync) -> float:
+    t0 = time.perf_counter()
+    trainer.train_step()
+    sync()
+    return time.perf_counter() - t0
+
+
+def _time_interleaved(plain: Trainer, other: Trainer, warmup: int, steps: int, sync) -> tuple:
+    """(plain step times, other's step times), the timed steps taken in turns."""
+    for _ in range(warmup):
+        _timed_step(other, sync)
+    plain_times, times = [], []
+    for _ in range(steps):
+        plain_times.append(_timed_step(plain, sync))
+        times.append(_timed_step(other, sync))
+    return plain_times, times
 
 
 def bench_train(model=None, scheme_names: Sequence[str] = ("W4A16-INT4", "W4A16-NVFP4", "W4A4-NVFP4"),
@@ -64,19 +74,23 @@ def bench_train(model=None, scheme_names: Sequence[str] = ("W4A16-INT4", "W4A16-
                           eval_every=0, checkpoint_every=0)
         return Trainer(student, teacher, "causal-lm", blocks, s, dev, lambda e: None, CancelToken())
 
-    rows: List[Dict] = []
-    plain = statistics.median(_time_steps(trainer("qat", None), warmup, steps, sync))
-    row = {"config": "plain fine-tuning", "mode": "finetune", "scheme": None, "step_ms": round(plain * 1e3, 2),
-           "ratio": 1.0}
-    rows.append(row)
+    plain_trainer = trainer("qat", None)
+    plain_times = [_timed_step(plain_trainer, sync) for _ in range(warmup + steps)][warmup:]
+    row = {"config": "plain fine-tuning", "mode": "finetune", "scheme": None,
+           "step_ms": round(statistics.median(plain_times) * 1e3, 2), "ratio": 1.0}
+    rows: List[Dict] = [row]
     if on_result:
         on_result(row)
     for scheme in scheme_names:
         for mode in ("qat", "qad"):
-            t = statistics.median(_time_steps(trainer(mode, scheme), warmup, steps, sync))
+            beside, times = _time_interleaved(plain_trainer, trainer(mode, scheme), warmup, steps, sync)
+            plain_times += beside
+            t, plain = statistics.median(times), statistics.median(beside)
             row = {"config": f"{mode.upper()} {scheme}", "mode": mode, "scheme": scheme,
-                   "step_ms": round(t * 1e3, 2), "ratio": round(t / plain, 3)}
+                   "step_ms": round(t * 1e3, 2), "ratio": round(t / plain, 3),
+                   "plain_step_ms": round(plain * 1e3, 2)}
             rows.append(row)
             if on_result:
                 on_result(row)
+    rows[0]["step_ms"] = round(statistics.median(plain_times) * 1e3, 2)  # over every plain step taken
     return rows
