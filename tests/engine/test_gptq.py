@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import calib, formats
-from engine.calib.gptq import gptq, gptq_quantize
+from engine.calib.gptq import gptq, gptq_quantize, scale_search_for
 from engine.errors import LowbitError
 from engine.events import CancelToken, Cancelled
 from engine.quant import schemes
@@ -208,6 +208,22 @@ def test_fake_quant_of_the_result_is_the_result(fmt_name, search):
     assert err(Q) < err(fmt.fake_quant(W, fmt.amax_of(W) if fmt.calibratable else None))
 
 
+def test_scale_search_auto_is_on_at_two_bits_only():
+    """auto (the default): the search where it measured better (2-bit weights), not at 3 and 4 bits."""
+    assert [scale_search_for("auto", formats.get(n)) for n in ("int2_g32", "int3_g32", "int4_g32", "nvfp4")] == [
+        True, False, False, False]
+    assert scale_search_for(True, formats.get("int4_g32")) and not scale_search_for(False, formats.get("int2_g32"))
+    with pytest.raises(LowbitError, match="'auto'"):
+        scale_search_for("on", formats.get("int4_g32"))
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(128, 64, generator=g)
+    W, H = torch.randn(8, 64, generator=g), 2.0 / 128 * X.T @ X
+    for name, same_as in (("int2_g32", True), ("int4_g32", False)):
+        fmt = formats.get(name)
+        auto, _ = gptq_quantize(W, H, fmt, scale_search="auto")
+        assert torch.equal(auto, gptq_quantize(W, H, fmt, scale_search=same_as)[0]), name
+
+
 def test_bad_settings_are_clear_errors():
     W, H = torch.randn(2, 8), torch.eye(8)
     with pytest.raises(LowbitError, match="damp"):
@@ -345,8 +361,11 @@ def test_recipe_keys_validate_and_round_trip():
     with pytest.raises(RecipeError, match="smoothquant_alpha"):
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"smoothquant_alpha": 2}})
     assert again.calibration.gptq_scale_search is False
-    assert Recipe.from_dict({"model": {"path": "demo"}}).calibration.gptq_scale_search is True
-    with pytest.raises(RecipeError, match="gptq_scale_search"):
+    assert Recipe.from_dict({"model": {"path": "demo"}}).calibration.gptq_scale_search == "auto"
+    for value in (True, "auto"):
+        r = Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_scale_search": value}})
+        assert Recipe.from_yaml(r.to_yaml()).calibration.gptq_scale_search == value
+    with pytest.raises(RecipeError, match="gptq_scale_search.*'auto'"):
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_scale_search": "yes please"}})
     with pytest.raises(RecipeError, match="gptq_damp"):
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_damp": 0}})
