@@ -40,9 +40,11 @@ def two_runs(tmp_path_factory):
 
 
 def test_default_qad_runs_on_sentences_with_a_deterministic_student(two_runs):
-    default, _ = two_runs
+    default, noisy = two_runs
     assert default["data"]["samples"] == "lines"
-    assert default["train_settings"]["batch_size"] == 32 and default["train_settings"]["dropout"] == "auto"
+    # the report says what the student trained with: the recipe's 'auto' resolved to off for QAD
+    assert default["train_settings"]["batch_size"] == 32 and default["train_settings"]["dropout"] == "off"
+    assert noisy["train_settings"]["dropout"] == "on"
     assert default["ptq"]["embedding_cosine"] < 0.9996, "W4A4-NVFP4 must cost the demo encoder something"
 
 

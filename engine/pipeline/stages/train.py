@@ -7,6 +7,7 @@ from ...devices import resolve_device
 from ...parallel.wrap import wrap_student, wrap_teacher
 from ...quant.select import quantizers
 from ...train import Trainer, settings_from_recipe
+from ...train.losses import student_randomness
 from ...train.lr_probe import probe_lr
 from ..context import RunContext
 from .calibrate import original_model
@@ -55,7 +56,9 @@ def train_stage(ctx: RunContext) -> None:
         chosen = (ctx.report.get("lr_probe") or {}).get("chosen")
         settings = settings_from_recipe(r, ctx.loaded.kind, lr=chosen or r.train.lr_candidates[0])
     ctx.report["train_settings"] = {"lr": settings.lr, "batch_size": settings.batch_size,
-                                    "warmup_steps": settings.warmup_steps, "dropout": settings.dropout}
+                                    "warmup_steps": settings.warmup_steps,
+                                    # what the student trained with: 'auto' resolved to on / off
+                                    "dropout": "on" if student_randomness(settings.dropout, settings.mode) else "off"}
     trainer = Trainer(student, teacher, ctx.loaded.kind, ctx.splits.train, settings, ctx.device, ctx.sink,
                       ctx.cancel, checkpoint_dir=ctx.run_dir / "checkpoints", evaluate=eval_fn, dist=dist,
                       ptq=ctx.report.get("ptq"))
