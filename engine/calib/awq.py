@@ -10,9 +10,10 @@ samples). The chosen 1/s is folded exactly into the producer (see ``scaling``). 
 no exact fold (BERT's FFN down projection reads GELU's output; its post-LN norms also feed
 the residual) follow ``unfoldable``: "skip" leaves them unscaled (and reports them);
 "explicit" searches them the same way and keeps 1/s as each layer's own input multiplier
-(``QuantLinear.pre_quant_scale``), which the dense export folds back into the weight and the
-packed exports refuse (their loaders know no such tensor). ``resolve_unfoldable`` turns the
-recipe's "auto" into one of the two from the export target.
+(``QuantLinear.pre_quant_scale``), which the dense export folds back into the weight, the
+ModelOpt export writes as the layer's ``pre_quant_scale`` in its AWQ layouts (W4A16_AWQ,
+NVFP4_AWQ), and compressed-tensors refuses (its loaders know no such tensor).
+``resolve_unfoldable`` turns the recipe's "auto" into one of the two from the export target.
 
 Run it before the weights are calibrated: the weights change, so any static weight amax
 measured earlier is measured again here.
@@ -38,11 +39,15 @@ UNFOLDABLE = ("skip", "explicit")
 EXPLICIT_EXPORTS = (None, "dense")
 
 
-def resolve_unfoldable(setting: str, export_format: Optional[str]) -> str:
-    """calibration.awq_unfoldable: "auto" is "explicit" unless the export target is a packed layout
-    (compressed-tensors, modelopt), whose loaders know no input multiplier; then "skip"."""
+def resolve_unfoldable(setting: str, export_format: Optional[str], carried: Optional[bool] = None) -> str:
+    """calibration.awq_unfoldable: "auto" is "explicit" where the export can carry the layers' input
+    multipliers, else "skip". ``carried``: the export's own answer for this model
+    (engine.export.carries_input_multipliers: dense for weight-only layers, modelopt for its AWQ
+    pairings); without it, by target alone: no export or dense carries them, packed layouts not."""
     if setting != "auto":
         return setting
+    if carried is not None:
+        return "explicit" if carried else "skip"
     fmt = str(export_format).strip().lower() if export_format else None
     return "explicit" if fmt in EXPLICIT_EXPORTS else "skip"
 

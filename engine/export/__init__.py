@@ -25,12 +25,12 @@ from typing import Any, Dict
 from .checkpoint import ExportedCheckpoint, ReadLayer
 from .reader import read_export
 from .common import DEFAULT_SHARD_MB, MARKER, TARGETS, check_output_folder, quantized_layers
-from .exporter import check_exportable, export_model, preflight, writer_for
+from .exporter import carries_input_multipliers, check_exportable, export_model, preflight, writer_for
 from .verify import rebuild_model, verify_export
 
 __all__ = ["TARGETS", "MARKER", "VERIFY_BATCHES", "DEFAULT_SHARD_MB", "export_model", "check_exportable", "preflight",
            "verify_export", "read_export", "rebuild_model", "ExportedCheckpoint", "ReadLayer", "check_output_folder",
-           "quantized_layers", "writer_for", "summary_line"]
+           "quantized_layers", "writer_for", "summary_line", "carries_input_multipliers"]
 
 VERIFY_BATCHES = 2  # eval batches run through the student and the rebuilt export
 

@@ -31,6 +31,7 @@ class ReadLayer:
     qtensor: Optional[QTensor] = None  # None when the weight is stored dense (dense target)
     dense_weight: Optional[torch.Tensor] = None
     input_amax: Optional[torch.Tensor] = None  # static activation amax; None = dynamic
+    pre_quant_scale: Optional[torch.Tensor] = None  # [in] input multiplier applied before the input quantizer
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
         if self.qtensor is not None:

@@ -43,12 +43,18 @@ def input_multipliers(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def _check_multipliers(model: nn.Module, layers: Dict[str, LayerQuant], target: str) -> None:
     """The dense export folds an input multiplier into the weight it writes (x * p @ W^T = x @ (W p)^T);
-    a packed layout's loaders know no such tensor, and a plain load of a dense checkpoint would
-    quantize the activations before the multiplier: both are refused, naming the layers and the fix."""
+    ModelOpt writes it as the layer's ``pre_quant_scale`` where its pairing has an AWQ layout
+    (W4A16_AWQ, NVFP4_AWQ). Refused, naming the layers and the fix: compressed-tensors (its loaders
+    know no such tensor), ModelOpt pairings without an AWQ layout, and dense layers whose activations
+    are quantized (a plain load would quantize x instead of x * p)."""
     mult = input_multipliers(model)
     if target == dense.TARGET:
         bad = [n for n in mult if n in layers and layers[n].act_fmt is not None]
         why = "their activations are quantized, and a reload would quantize x instead of x * scale"
+    elif target == modelopt.TARGET:
+        bad = [n for n in mult if n in layers and not modelopt.carries_input_multiplier(layers[n])]
+        why = ("ModelOpt has a pre_quant_scale tensor only in its AWQ layouts (W4A16_AWQ: int4 groups, weights "
+               "only; NVFP4_AWQ: NVFP4 weights and static NVFP4 activations), not for these layers' formats")
     else:
         bad = [n for n in mult if n in layers]
         why = f"{target} loaders know no per-input-channel multiplier tensor"
@@ -57,8 +63,24 @@ def _check_multipliers(model: nn.Module, layers: Dict[str, LayerQuant], target: 
         raise ExportError(
             f"{len(bad)} quantized layers keep an explicit AWQ input scale (AWQ found no norm or linear whose "
             f"output could absorb it): {', '.join(bad[:4])}{more}; {why}. Export as dense (weight-only schemes: "
-            "the scale is folded into the written weight), or quantize again with calibration.awq_unfoldable: "
-            "skip (auto chooses skip for compressed-tensors and modelopt exports)")
+            "the scale is folded into the written weight) or as modelopt with an AWQ-capable scheme, or quantize "
+            "again with calibration.awq_unfoldable: skip (auto chooses skip where the export cannot carry it)")
+
+
+def carries_input_multipliers(model: nn.Module, target: Optional[str]) -> bool:
+    """Whether an export as ``target`` (None: no export) could write an explicit input multiplier on
+    every quantized layer of ``model`` (quantized, calibrated or not): dense folds it where the
+    activations stay in high precision, ModelOpt writes it in its AWQ layouts, compressed-tensors
+    never. What calibration.awq_unfoldable auto asks before AWQ runs."""
+    if not target:
+        return True
+    target = writer_for(target).target
+    layers = quantized_layers(model, assume_calibrated=True).values()
+    if target == dense.TARGET:
+        return all(layer.act_fmt is None for layer in layers)
+    if target == modelopt.TARGET:
+        return all(modelopt.carries_input_multiplier(layer) for layer in layers)
+    return False
 
 
 def check_exportable(model: nn.Module, target: str, before_calibration: bool = False) -> None:
@@ -122,11 +144,11 @@ def export_model(model: nn.Module, target: str, out: os.PathLike, *, recipe: Opt
         for key, value in iter_state(model):
             module, _, pname = key.rpartition(".")
             if pname == "pre_quant_scale" and module in mult:
-                continue  # folded into the weight below (dense) or refused by _check_multipliers
+                continue  # the writer's pre_quant_scale (modelopt), or folded into the weight below (dense)
             if pname == "weight" and module in layers:
                 layer = layers[module]
                 tensors = writer.layer_tensors(layer, dtype)
-                if module in mult:  # dense only: x * p @ Q^T = x @ (Q p)^T
+                if module in mult and "pre_quant_scale" not in tensors:  # dense: x * p @ Q^T = x @ (Q p)^T
                     tensors["weight"] = (tensors["weight"].float() * mult[module].float().cpu()).to(dtype)
                 for local, t in tensors.items():
                     shards.add(f"{module}.{local}", t)

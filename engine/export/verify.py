@@ -3,8 +3,9 @@ compare its logits with the fake-quant student that produced them.
 
 The rebuilt model is a fresh transformers model made from ``config.json``
 holding the dequantized weights, with input quantizers restored from the
-saved activation formats and scales, so activation quantization runs as in
-the student. The two must agree to float rounding.
+saved activation formats and scales (and ModelOpt's ``pre_quant_scale`` input
+multipliers before them), so activation quantization runs as in the student.
+The two must agree to float rounding.
 """
 
 from __future__ import annotations
@@ -68,14 +69,17 @@ def rebuild_model(source: Union[str, os.PathLike, ExportedCheckpoint], model_cla
         raise ExportError(f"{ckpt.path}: the export lacks tensors the model needs: {missing[:5]}")
     modules = dict(model.named_modules())
     for name, layer in ckpt.layers.items():
-        if layer.activation_format is None:
+        if layer.activation_format is None and layer.pre_quant_scale is None:
             continue
         mod = modules.get(name)
         if mod is None or type(mod) is not nn.Linear:
             raise ExportError(f"{ckpt.path}: quantized layer {name} is not a Linear layer of the rebuilt model")
-        QuantLinear.convert(mod, None, formats.get(layer.activation_format))
+        act = formats.get(layer.activation_format) if layer.activation_format is not None else None
+        QuantLinear.convert(mod, None, act)
         if layer.input_amax is not None:
             mod.input_quantizer.set_amax(layer.input_amax.reshape(()))
+        if layer.pre_quant_scale is not None:  # ModelOpt's AWQ layouts: x * pre_quant_scale before the quantizer
+            mod.set_pre_quant_scale(layer.pre_quant_scale)
     return model.to(device).eval()
 
 

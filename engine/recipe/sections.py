@@ -122,9 +122,10 @@ class CalibrationSection(_Section):
     awq_unfoldable: str = _opt("auto", _Choice("auto", "explicit", "skip"),
                                "AWQ layer groups whose scale no norm or linear can absorb (BERT's FFN down "
                                "projection after GELU, post-LN blocks): explicit = searched and kept as the layers' "
-                               "own input multiplier (dense exports fold it into the weight; compressed-tensors and "
-                               "modelopt exports refuse it); skip = left unscaled; auto = explicit unless "
-                               "export.format is compressed-tensors or modelopt")
+                               "own input multiplier (dense exports fold it into weight-only layers' weights; modelopt "
+                               "writes it as pre_quant_scale in W4A16_AWQ / NVFP4_AWQ; compressed-tensors refuses "
+                               "it); skip = left unscaled; auto = explicit where the export can carry it on every "
+                               "quantized layer, else skip")
     smoothquant_alpha: Any = _opt("auto", _FloatOrAuto(ge=0, le=1),
                                   "SmoothQuant migration strength in [0, 1]; 'auto' searches 0.3 .. 0.8 per layer group")
     sequential: Any = _opt("auto", _BoolOrAuto(),

@@ -262,12 +262,61 @@ def test_explicit_scales_export_dense_folded_and_packed_refused(tmp_path):
                            "encoder.layer.0.output.dense.weight"].dtype))
     v = verify_export(tmp_path / "awq", model, batches[:1])
     assert v["passed"], v
-    for target in ("compressed-tensors", "modelopt"):
-        with pytest.raises(ExportError, match=r"encoder\.layer\.0\.attention\.self\.query.*awq_unfoldable: skip"):
-            check_exportable(model, target)
-        with pytest.raises(ExportError, match="explicit AWQ input scale"):
-            export_model(model, target, tmp_path / target)
-        assert not (tmp_path / target).exists() or not any((tmp_path / target).iterdir())
+    target = "compressed-tensors"
+    with pytest.raises(ExportError, match=r"encoder\.layer\.0\.attention\.self\.query.*awq_unfoldable: skip"):
+        check_exportable(model, target)
+    with pytest.raises(ExportError, match="explicit AWQ input scale"):
+        export_model(model, target, tmp_path / target)
+    assert not (tmp_path / target).exists() or not any((tmp_path / target).iterdir())
+
+
+@pytest.mark.parametrize("scheme,algo", [("custom", "W4A16_AWQ"), ("W4A4-NVFP4", "NVFP4_AWQ")])
+def test_explicit_scales_export_to_modelopt_as_pre_quant_scale_and_reload(scheme, algo, tmp_path):
+    """ModelOpt's AWQ layouts carry the layer's input multiplier as pre_quant_scale [in]; our reader
+    and rebuild apply it before the input quantizer, so the reload gives the fake-quant outputs."""
+    import json
+
+    from engine import calib
+    from engine.export import export_model, read_export, verify_export
+
+    batches = _batches(2)
+    model = _explicit_bert(scheme)
+    awq(model, _loop(batches, "bert"), grid=6, unfoldable="explicit")
+    calib.calibrate(model, _loop(batches, "bert"))
+    explicit = {n: m for n, m in quant_layers(model) if m.pre_quant_scale is not None}
+    assert "encoder.layer.0.output.dense" in explicit
+    export_model(model, "modelopt", tmp_path / "mo")
+    ckpt = read_export(tmp_path / "mo")
+    for name, layer in quant_layers(model):
+        got = ckpt.layers[name]
+        if name in explicit:
+            assert torch.equal(got.pre_quant_scale, layer.pre_quant_scale.float()), name
+            assert torch.equal(got.weight(torch.float32), layer.quantized_weight().float()), name  # not folded
+        else:
+            assert got.pre_quant_scale is None, name
+    marker = json.loads((tmp_path / "mo" / "hf_quant_config.json").read_text())["quantization"]
+    algos = {e["quant_algo"] for e in marker["quantized_layers"].values()} if "quantized_layers" in marker else {
+        marker["quant_algo"]}
+    assert algo in algos
+    v = verify_export(tmp_path / "mo", model, batches)
+    assert v["passed"], v
+
+
+def test_modelopt_refuses_explicit_scales_where_its_layout_has_no_pre_quant_scale(tmp_path):
+    from engine import calib
+    from engine.errors import ExportError
+    from engine.export import carries_input_multipliers, export_model
+
+    batches = _batches(2)
+    model = _explicit_bert("W4A16-NVFP4")  # ModelOpt has no weight-only NVFP4 layout with pre_quant_scale
+    assert not carries_input_multipliers(model, "modelopt") and carries_input_multipliers(model, "dense")
+    awq(model, _loop(batches, "bert"), grid=4, unfoldable="explicit")
+    calib.calibrate(model, _loop(batches, "bert"))
+    with pytest.raises(ExportError, match="pre_quant_scale tensor only in its AWQ layouts.*awq_unfoldable: skip"):
+        export_model(model, "modelopt", tmp_path / "mo")
+    assert carries_input_multipliers(_explicit_bert("W4A4-NVFP4"), "modelopt")
+    assert not carries_input_multipliers(_explicit_bert("W4A4-NVFP4"), "dense")  # a reload would quantize x
+    assert not carries_input_multipliers(_explicit_bert(), "compressed-tensors")
 
 
 def test_explicit_scales_are_seen_by_gptq_and_the_auto_setting():
@@ -277,6 +326,9 @@ def test_explicit_scales_are_seen_by_gptq_and_the_auto_setting():
     assert resolve_unfoldable("auto", None) == "explicit" and resolve_unfoldable("auto", "dense") == "explicit"
     assert resolve_unfoldable("auto", "compressed-tensors") == "skip" and resolve_unfoldable("auto", "modelopt") == "skip"
     assert resolve_unfoldable("skip", None) == "skip" and resolve_unfoldable("explicit", "modelopt") == "explicit"
+    # with the export's own answer for the model (modelopt with an AWQ layout, dense with quantized activations)
+    assert resolve_unfoldable("auto", "modelopt", True) == "explicit"
+    assert resolve_unfoldable("auto", "dense", False) == "skip" and resolve_unfoldable("skip", "modelopt", True) == "skip"
     batches = _batches(3)
     model = _explicit_bert()
     awq(model, _loop(batches, "bert"), grid=6, unfoldable="explicit")
@@ -329,6 +381,14 @@ def test_a_bert_run_chooses_explicit_scales_by_export_target(tiny_bert_dir, text
     for f in exported:  # folded into the weights: no tensor a loader would not know
         with safe_open(str(f), "pt") as fh:
             assert not any(k.endswith("pre_quant_scale") for k in fh.keys())
+    mo = _bert_run(tiny_bert_dir, text_file, tmp_path / "mo", "modelopt")  # auto: explicit (W4A16_AWQ carries it)
+    assert any(g["explicit"] for g in unfolded(mo).values())
+    scales = []
+    for f in (tmp_path / "mo").rglob("*.safetensors"):
+        if "export" in str(f.parent):
+            with safe_open(str(f), "pt") as fh:
+                scales += [fh.get_tensor(k) for k in fh.keys() if k.endswith("output.dense.pre_quant_scale")]
+    assert scales and not all(bool((t == 1).all()) for t in scales)  # the real multipliers, not ones
     packed = _bert_run(tiny_bert_dir, text_file, tmp_path / "ct", "compressed-tensors")  # auto: skip
     assert all(g["ratio"] is None and not g["explicit"] for g in unfolded(packed).values())
     with pytest.raises(ExportError, match="awq_unfoldable: skip"):  # refused right after AWQ, before any training

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ...errors import LowbitError
-from ...export import preflight
+from ...export import carries_input_multipliers, preflight
 from ...io.batch import model_inputs
 from ... import calib
 from ...calib.awq import awq, resolve_unfoldable
@@ -56,7 +56,8 @@ def calibrate_stage(ctx: RunContext) -> None:
         with ctx.stage(step, None, detail=f"{len(batches)} batches") as prog:
             if step == "awq":
                 res = awq(model, plain_loop, grid=r.calibration.awq_grid, cancel=ctx.cancel,
-                          unfoldable=resolve_unfoldable(r.calibration.awq_unfoldable, r.export.format))
+                          unfoldable=resolve_unfoldable(r.calibration.awq_unfoldable, r.export.format,
+                                                        carries_input_multipliers(model, r.export.format)))
             else:
                 alpha = None if r.calibration.smoothquant_alpha == "auto" else float(r.calibration.smoothquant_alpha)
                 res = smoothquant(model, plain_loop, alpha=alpha, cancel=ctx.cancel)
