@@ -6,7 +6,9 @@ For every quantizable layer and every candidate format:
 - output error: SQNR of the layer's output ``F.linear(Qa(x), Q(W), b)`` against
   ``F.linear(x, W, b)`` on the layer's real inputs. Forward pre-hooks capture each
   layer's input once per calibration batch (a fixed sample of rows), so the whole
-  model runs only once per batch, with its quantizers off;
+  model runs only once per batch, with its quantizers off; where AWQ left an explicit
+  input multiplier (``QuantLinear.pre_quant_scale``), x is the input times it, what the
+  matmul and the input quantizer see;
 
 and, per layer, the input activations' range: amax and rms over everything seen,
 percentiles of ``|x|``, outliers (values beyond ``OUTLIER_SIGMAS`` robust standard
@@ -228,6 +230,9 @@ class _Capture:
     @torch.no_grad()
     def __call__(self, module, args):
         x = args[0].detach()
+        p = getattr(module, "pre_quant_scale", None)
+        if p is not None:  # an explicit input multiplier (AWQ without a fold): the matmul and quantizer see x * p
+            x = x * p.to(x.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         if x2.numel():
             amax = x2.abs().amax().float().item()

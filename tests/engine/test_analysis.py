@@ -333,3 +333,38 @@ def test_analysis_stage_leaves_the_run_quantizers_alone(tmp_path):
     assert [r["stage"] for r in rows] == ["baseline", "ptq"]
     assert rows[0]["bits_per_weight"] == 32.0 and rows[1]["quantized_bits_per_weight"] > 8.0  # int8 + scales
     assert rows[1]["param_bytes"] < rows[0]["param_bytes"]
+
+
+def test_layer_inputs_are_taken_after_an_explicit_input_multiplier():
+    """A layer AWQ left an explicit input multiplier p (QuantLinear.pre_quant_scale) multiplies x * p:
+    its input range and output error are those of x * p, not of x."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from engine import formats
+    from engine.analysis.layers import fake_quant_once
+    from engine.quant.linear import QuantLinear
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(50, 32), nn.Linear(32, 16)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.fc(self.emb(input_ids))
+
+    torch.manual_seed(0)
+    model = Toy().eval()
+    QuantLinear.convert(model.fc, formats.get("int4_g32"), None)
+    p = torch.linspace(0.25, 4.0, 32)
+    model.fc.set_pre_quant_scale(p)
+    batches = [torch.randint(0, 50, (2, 6)) for _ in range(2)]
+    res = analyze_layers(model, batches, ["int4_g32"], layers=["fc"])
+    row = res.row("fc")
+    with torch.no_grad():
+        x = torch.cat([model.emb(b).reshape(-1, 32) for b in batches]) * p
+        w = model.fc.weight.detach()
+        y = F.linear(x, w, model.fc.bias)
+        err = float((F.linear(x, fake_quant_once(formats.get("int4_g32"), w) - w) ** 2).sum())
+    assert row.stats["act_amax"] == pytest.approx(float(x.abs().max()), rel=1e-6)
+    assert row.formats["int4_g32"]["output_rel_mse"] == pytest.approx(err / float((y ** 2).sum()), rel=1e-4)
