@@ -276,7 +276,9 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         mask = saved[0]
-        grad_x = grad * mask.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        # the int8 (bool in eager) 0 / 1 mask multiplies in the gradient's dtype without a converted
+        # copy of its own: one pass over memory less, the same products
+        grad_x = grad * mask if ctx.needs_input_grad[0] else None
         grad_amax = None
         if len(saved) == 4 and ctx.needs_input_grad[2]:
             _, x, y, amax = saved
