@@ -206,6 +206,7 @@ class MainWindow(QMainWindow):
         self.format_panel.scheme_chosen.connect(lambda name: s.set("quant.scheme", name))
         self.format_panel.algorithm_chosen.connect(lambda name: s.set("calibration.algorithm", name))
         self.format_panel.sequential_chosen.connect(lambda value: s.set("calibration.sequential", value))
+        self.format_panel.awq_unfoldable_chosen.connect(lambda value: s.set("calibration.awq_unfoldable", value))
         self.format_panel.layer_choice.connect(self._on_layer_choice)
 
         self.device_task.succeeded.connect(self.run_panel.set_devices)
@@ -336,6 +337,7 @@ class MainWindow(QMainWindow):
         self.format_panel.set_scheme(self.state.get("quant.scheme"))
         self.format_panel.set_algorithm(self.state.get("calibration.algorithm"))
         self.format_panel.set_sequential(self.state.get("calibration.sequential"))
+        self.format_panel.set_awq_unfoldable(self.state.get("calibration.awq_unfoldable"))
         if self.model_info is None:
             self.format_panel.set_plan([], "Open a model (step 1) to see its layers here.")
             return

@@ -21,6 +21,10 @@ from .tables import Column, RowsModel, make_table
 SCHEME_DEFAULT_LABEL = "Scheme default"
 # calibration.sequential: the choices and what each one shows
 SEQUENTIAL_CHOICES = (("auto", "Auto (when the model does not fit the GPU)"), (True, "On"), (False, "Off"))
+# calibration.awq_unfoldable: the choices and what each one shows (used by AWQ only)
+AWQ_UNFOLDABLE_CHOICES = (("auto", "Auto (explicit where the export can carry it)"),
+                          ("explicit", "Explicit input scale"), ("skip", "Leave unscaled"))
+AWQ_ALGORITHMS = ("awq", "awq+gptq")
 EXCLUDE_LABEL = "Keep high precision"
 
 
@@ -120,6 +124,7 @@ class FormatPanel(Page):
     scheme_chosen = Signal(str)
     algorithm_chosen = Signal(str)  # calibration.algorithm
     sequential_chosen = Signal(object)  # calibration.sequential: "auto", True or False
+    awq_unfoldable_chosen = Signal(str)  # calibration.awq_unfoldable: "auto", "explicit" or "skip"
     layer_choice = Signal(list, object)  # layer names, choice (None | "none" | format)
 
     def __init__(self, schemes: Sequence[SchemeRow], parent: Optional[QWidget] = None):
@@ -185,19 +190,14 @@ class FormatPanel(Page):
         algo_row.addWidget(self.algorithm_combo)
         algo_row.addWidget(self.algorithm_help, 1)
         scheme_layout.addLayout(algo_row)
-        self.sequential_combo = QComboBox()
-        for value, text in SEQUENTIAL_CHOICES:
-            self.sequential_combo.addItem(text, value)
-        self.sequential_combo.setToolTip(doc("calibration.sequential"))
-        self.sequential_combo.currentIndexChanged.connect(
-            lambda i: self.sequential_chosen.emit(self.sequential_combo.itemData(i)))
-        seq_row = QHBoxLayout()
-        seq_row.addWidget(QLabel("Calibrate one block on the GPU at a time:"))
-        seq_row.addWidget(self.sequential_combo)
-        seq_hint = QLabel("for a model larger than the GPU's memory; the weights wait in CPU memory")
-        seq_hint.setObjectName("hint")
-        seq_row.addWidget(seq_hint, 1)
-        scheme_layout.addLayout(seq_row)
+        self.awq_unfoldable_combo, self.awq_unfoldable_label = self._choice_row(
+            scheme_layout, "Where AWQ finds no fold:", AWQ_UNFOLDABLE_CHOICES, "calibration.awq_unfoldable",
+            self.awq_unfoldable_chosen, "layers whose input no norm or linear can rescale (BERT's FFN down "
+            "projection): an explicit input scale, which dense and ModelOpt AWQ exports carry, or none")
+        self._show_awq_choice(self.algorithm_combo.currentData())
+        self.sequential_combo, _ = self._choice_row(
+            scheme_layout, "Calibrate one block on the GPU at a time:", SEQUENTIAL_CHOICES, "calibration.sequential",
+            self.sequential_chosen, "for a model larger than the GPU's memory; the weights wait in CPU memory")
         layer_box = QGroupBox("Layers")
         layer_layout = QVBoxLayout(layer_box)
         layer_layout.addWidget(self.layer_table)
@@ -214,6 +214,25 @@ class FormatPanel(Page):
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
         self.content.addWidget(split, 1)
+
+    def _choice_row(self, layout, label: str, choices, key: str, signal, hint: str):
+        """A labelled combo of (value, text) choices for recipe ``key``, emitting ``signal`` with the
+        value, and a hint beside it: (combo, label)."""
+        combo = QComboBox()
+        for value, text in choices:
+            combo.addItem(text, value)
+        combo.setToolTip(doc(key))
+        combo.currentIndexChanged.connect(lambda i: signal.emit(combo.itemData(i)))
+        row = QHBoxLayout()
+        title = QLabel(label)
+        row.addWidget(title)
+        row.addWidget(combo)
+        note = QLabel(hint)
+        note.setObjectName("hint")
+        note.setWordWrap(True)
+        row.addWidget(note, 1)
+        layout.addLayout(row)
+        return combo, title
 
     # -- scheme ------------------------------------------------------------------------
     def set_scheme(self, name: str) -> None:
@@ -233,6 +252,21 @@ class FormatPanel(Page):
             self.algorithm_combo.setCurrentIndex(i)
             self.algorithm_combo.blockSignals(False)
         self.algorithm_help.setText(ALGORITHMS.get(name, ""))
+        self._show_awq_choice(name)
+
+    def _show_awq_choice(self, algorithm: Optional[str]) -> None:
+        """The AWQ fallback choice is live only for the algorithms that run AWQ."""
+        on = algorithm in AWQ_ALGORITHMS
+        self.awq_unfoldable_combo.setEnabled(on)
+        self.awq_unfoldable_label.setEnabled(on)
+
+    def set_awq_unfoldable(self, value: Any) -> None:
+        i = self.awq_unfoldable_combo.findData(value)
+        i = max(i, 0)
+        if i != self.awq_unfoldable_combo.currentIndex():
+            self.awq_unfoldable_combo.blockSignals(True)
+            self.awq_unfoldable_combo.setCurrentIndex(i)
+            self.awq_unfoldable_combo.blockSignals(False)
 
     def set_sequential(self, value: Any) -> None:
         i = next((n for n, (v, _) in enumerate(SEQUENTIAL_CHOICES) if v == value and type(v) is type(value)), 0)
@@ -244,6 +278,7 @@ class FormatPanel(Page):
     def _on_algorithm_selected(self, index: int) -> None:
         key = self.algorithm_combo.itemData(index)
         self.algorithm_help.setText(ALGORITHMS.get(key, ""))
+        self._show_awq_choice(key)
         self.algorithm_chosen.emit(key)
 
     def _on_scheme_selected(self) -> None:

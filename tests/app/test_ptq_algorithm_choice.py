@@ -30,3 +30,25 @@ def test_per_layer_view_shows_error_before_and_after(window):
     r = panel.heatmap.rows.index("model.layers.0.q_proj")
     assert abs(panel.heatmap.value(r, cols.index("output dB, RTN")) - 20.0) < 1e-4
     assert abs(panel.heatmap.value(r, cols.index("output dB, GPTQ")) - 30.0) < 1e-4
+
+
+def test_awq_fallback_choice_sits_with_the_algorithm_and_sets_the_recipe(window):
+    from app.panels.format_panel import AWQ_UNFOLDABLE_CHOICES
+
+    panel = window.format_panel
+    combo = panel.awq_unfoldable_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == [v for v, _ in AWQ_UNFOLDABLE_CHOICES]
+    assert combo.currentData() == window.state.get("calibration.awq_unfoldable") == "auto"
+    assert not combo.isEnabled()  # RTN runs no AWQ
+    assert "explicit" in combo.toolTip()
+    panel.algorithm_combo.setCurrentIndex(panel.algorithm_combo.findData("awq+gptq"))
+    assert combo.isEnabled()
+    combo.setCurrentIndex(combo.findData("skip"))
+    assert window.state.get("calibration.awq_unfoldable") == "skip"
+    window.state.set("calibration.awq_unfoldable", "explicit")  # a recipe loaded or edited elsewhere
+    window._refresh_plan()
+    assert combo.currentData() == "explicit" and window.state.get("calibration.awq_unfoldable") == "explicit"
+    panel.algorithm_combo.setCurrentIndex(panel.algorithm_combo.findData("gptq"))
+    assert not combo.isEnabled()
+    window.state.set("calibration.awq_unfoldable", "auto")
+    panel.algorithm_combo.setCurrentIndex(panel.algorithm_combo.findData("rtn"))
