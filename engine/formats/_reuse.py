@@ -53,7 +53,7 @@ def _scalar_value(amax: torch.Tensor) -> Optional[str]:
 def _amax_matches(e: _Entry, amax: Optional[torch.Tensor]) -> bool:
     if amax is None or e.amax_ref is None:
         return amax is None and e.amax_ref is None
-    same = e.amax_ref() is amax and e.amax_version == amax._version
+    same = e.amax_ref() is amax and e.amax_version == (amax.data_ptr(), amax._version)
     return same or (e.amax_value is not None and e.amax_value == _scalar_value(amax))
 
 
@@ -83,7 +83,7 @@ def run(fmt, x: torch.Tensor, amax: Optional[torch.Tensor], need_mask: bool) -> 
     e.x_ref = weakref.ref(x, _drop)
     e.x_key, e.fmt_key = _tensor_key(x), fmt_key
     e.amax_ref = weakref.ref(amax) if amax is not None else None
-    e.amax_version = amax._version if amax is not None else None
+    e.amax_version = (amax.data_ptr(), amax._version) if amax is not None else None
     e.amax_value = _scalar_value(amax) if amax is not None else None
     e.y = y.detach()  # shares y's storage and version counter, holds no autograd graph
     e.y_version, e.mask = y._version, mask
