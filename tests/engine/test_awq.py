@@ -357,9 +357,10 @@ def _bert_run(model_dir, data, run_dir, export, unfoldable="auto"):
         "data": {"path": str(data), "seq_len": 32, "batch_size": 2, "calib_batches": 2, "eval_batches": 1},
         "quant": {"scheme": "custom", "weight": "int4_g32"}, "mode": "ptq", "device": "cpu",
         "calibration": {"algorithm": "awq", "awq_grid": 4, "awq_unfoldable": unfoldable},
-        # export.verify off: verifying a BERT run's export trips over its masked eval batches (Samples), with rtn too
-        "export": {"format": export, "verify": False}, "analysis": {"benchmark": False}})
-    return run(recipe, run_dir=run_dir).report
+        "export": {"format": export, "verify": True}, "analysis": {"benchmark": False}})
+    report = run(recipe, run_dir=run_dir).report
+    assert report["export"]["verify"]["passed"], report["export"]["verify"]  # reloaded, rebuilt, same outputs
+    return report
 
 
 def test_a_bert_run_chooses_explicit_scales_by_export_target(tiny_bert_dir, text_file, tmp_path):
