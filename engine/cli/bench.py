@@ -46,11 +46,15 @@ def cmd_bench_train(args) -> int:
 
     def show(row):
         if not args.json:
-            print(f"{row['config']:<24} {row['step_ms']:>10.1f} ms/step   {row['ratio']:.2f}x plain", flush=True)
+            verdict = "" if "goal" not in row else \
+                f"   goal {row['goal']:.1f}x: {'holds' if row['holds'] else 'misses'}"
+            print(f"{row['config']:<24} {row['step_ms']:>10.1f} ms/step   {row['ratio']:.3f}x plain{verdict}",
+                  flush=True)
 
     if not args.json:
         print(f"training step time, batch {args.batch_size} x {args.seq_len} tokens on {args.device}; "
-              "ratio = step time / plain fine-tuning step time (same model, same run)")
+              "ratio = median step time / median plain fine-tuning step time, the plain steps taken in turns "
+              "with each configuration's (same model, same run)")
     rows = bench_train(model, schemes_, args.device, args.batch_size, args.seq_len, args.steps, on_result=show)
     if args.json:
         print(json.dumps(rows, indent=2))

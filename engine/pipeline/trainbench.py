@@ -53,6 +53,18 @@ def _time_interleaved(plain: Trainer, other: Trainer, warmup: int, steps: int, s
     return plain_times, times
 
 
+# issue 16's step-time goals over plain fine-tuning: QAD (teacher + student), QAT with
+# quantized activations, QAT with weights alone
+GOALS = {"qad": 1.6, "qat_activations": 1.2, "qat_weights": 1.1}
+
+
+def goal_for(mode: str, scheme: str) -> float:
+    """The step-time ratio a configuration should stay within."""
+    if mode == "qad":
+        return GOALS["qad"]
+    return GOALS["qat_activations"] if schemes.get(scheme).activation else GOALS["qat_weights"]
+
+
 def bench_train(model=None, scheme_names: Sequence[str] = ("W4A16-INT4", "W4A16-NVFP4", "W4A4-NVFP4"),
                 device: str = "cpu", batch_size: int = 8, seq_len: int = 128, steps: int = 8, warmup: int = 6,
                 on_result: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
@@ -86,9 +98,10 @@ def bench_train(model=None, scheme_names: Sequence[str] = ("W4A16-INT4", "W4A16-
             beside, times = _time_interleaved(plain_trainer, trainer(mode, scheme), warmup, steps, sync)
             plain_times += beside
             t, plain = statistics.median(times), statistics.median(beside)
+            goal = goal_for(mode, scheme)
             row = {"config": f"{mode.upper()} {scheme}", "mode": mode, "scheme": scheme,
                    "step_ms": round(t * 1e3, 2), "ratio": round(t / plain, 3),
-                   "plain_step_ms": round(plain * 1e3, 2)}
+                   "plain_step_ms": round(plain * 1e3, 2), "goal": goal, "holds": bool(t / plain <= goal)}
             rows.append(row)
             if on_result:
                 on_result(row)
