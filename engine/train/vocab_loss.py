@@ -26,7 +26,7 @@ landed on the other side of a rounding boundary.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -51,6 +51,8 @@ class Teacher:
     topk_values: Optional[torch.Tensor] = None
     topk_indices: Optional[torch.Tensor] = None
     device: Optional[torch.device] = None  # where the student's chunks are (the teacher may live elsewhere)
+    # (lo, hi, temperature, log p) kept by the loss pass for the gradient pass (one chunk only)
+    _kept: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         given = [self.hidden is not None, self.logits is not None, self.topk_values is not None]
@@ -73,8 +75,15 @@ class Teacher:
         return self.topk_values is not None
 
     @torch.no_grad()
-    def log_probs(self, lo: int, hi: int, temperature: float) -> torch.Tensor:
-        """log p of rows lo..hi in fp32: (n, V), or (n, k) for a top-k teacher."""
+    def log_probs(self, lo: int, hi: int, temperature: float, keep: bool = False) -> torch.Tensor:
+        """log p of rows lo..hi in fp32: (n, V), or (n, k) for a top-k teacher.
+
+        ``keep``: hold on to the result, so that the gradient pass takes its rows from it instead
+        of applying the teacher's head and softmax again (until :meth:`release`). Callers must
+        not change what is returned in place."""
+        k = self._kept
+        if k is not None and k[2] == temperature and k[0] <= lo and hi <= k[1]:
+            return k[3][lo - k[0]:hi - k[0]]
         if self.hidden is not None:
             z = F.linear(self.hidden[lo:hi].to(self.weight.dtype), self.weight, self.bias).float()
         elif self.logits is not None:
@@ -83,7 +92,14 @@ class Teacher:
             z = self.topk_values[lo:hi].float()
         if self.device is not None:
             z = z.to(self.device)
-        return F.log_softmax(z / temperature, -1)
+        lp = F.log_softmax(z / temperature, -1)
+        if keep:
+            self._kept = (lo, hi, temperature, lp)
+        return lp
+
+    def release(self) -> None:
+        """Drop what :meth:`log_probs` kept."""
+        self._kept = None
 
 
 def topk_teacher(logits: torch.Tensor, k: int) -> Teacher:
@@ -99,10 +115,11 @@ def auto_chunk_tokens(vocab: int) -> int:
 
 def _chunk(z: torch.Tensor, targets: Optional[torch.Tensor], teacher: Optional[Teacher], lo: int, hi: int,
            temperature: float, kd_rows: Optional[torch.Tensor], want: str,
-           ce_scale: float = 0.0, kd_scale: float = 0.0):
+           ce_scale: float = 0.0, kd_scale: float = 0.0, keep_teacher: bool = False):
     """Loss sums (float64 scalars) or the gradient d(loss)/dz of one chunk of fp32 student logits z.
 
-    The caller passes z without keeping a reference, so it is freed as soon as it is used."""
+    The caller passes z without keeping a reference, so it is freed as soon as it is used.
+    ``keep_teacher``: the teacher keeps this chunk's log p for the gradient pass."""
     if want == "grad":
         return _chunk_grad(z, targets, teacher, lo, hi, temperature, kd_rows, ce_scale, kd_scale)
     lq = F.log_softmax(z, -1)  # the CE's log q; also the KD's when T = 1
@@ -121,13 +138,13 @@ def _chunk(z: torch.Tensor, targets: Optional[torch.Tensor], teacher: Optional[T
             picked = lq.gather(1, torch.where(valid, t, 0)[:, None])[:, 0]
             ce_sum = -(picked * valid).sum(dtype=torch.float64)
         if teacher is not None:
-            lp = teacher.log_probs(lo, hi, temperature)
+            lp = teacher.log_probs(lo, hi, temperature, keep=keep_teacher)
             if teacher.sparse:
                 lq_t = lq_t.gather(1, teacher.topk_indices[lo:hi])
             del lq
             terms = lp - lq_t
             del lq_t
-            terms *= lp.exp_()
+            terms *= lp.exp() if keep_teacher else lp.exp_()  # a kept log p stays as it is
             if rows is not None:
                 terms *= rows
             kd_sum = terms.sum(dtype=torch.float64)
@@ -188,15 +205,16 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden, weight, bias, opts):
-        targets, teacher, temperature, chunk, kd_rows = opts
+        targets, teacher, temperature, chunk, kd_rows, _ = opts
         n = hidden.shape[0]
         ce = torch.zeros((), dtype=torch.float64, device=hidden.device)
         kd = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        keep = _keep_teacher(teacher, n, chunk, opts[5] and any(ctx.needs_input_grad[:3]))
         with torch.no_grad():
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
                 c, k = _chunk(F.linear(hidden[lo:hi], weight, bias).float(), targets, teacher, lo, hi,
-                              temperature, kd_rows, "loss")
+                              temperature, kd_rows, "loss", keep_teacher=keep)
                 if c is not None:
                     ce += c
                 if k is not None:
@@ -211,7 +229,7 @@ class _HeadLoss(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_ce, grad_kd):
         hidden, weight, bias = ctx.saved_tensors
-        targets, teacher, temperature, chunk, kd_rows = ctx.opts
+        targets, teacher, temperature, chunk, kd_rows, _ = ctx.opts
         n_ce, n_kd = ctx.norms
         ce_scale = float(grad_ce) / max(n_ce, 1) if targets is not None else 0.0
         kd_scale = float(grad_kd) * temperature * temperature / max(n_kd, 1) if teacher is not None else 0.0
@@ -232,6 +250,8 @@ class _HeadLoss(torch.autograd.Function):
             if need_b:
                 grad_b += g.sum(0)
             del g
+        if teacher is not None:
+            teacher.release()
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None)
 
@@ -241,13 +261,15 @@ class _LogitsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, opts):
-        targets, teacher, temperature, chunk, kd_rows = opts
+        targets, teacher, temperature, chunk, kd_rows, _ = opts
         n = logits.shape[0]
         ce = torch.zeros((), dtype=torch.float64, device=logits.device)
         kd = torch.zeros((), dtype=torch.float64, device=logits.device)
+        keep = _keep_teacher(teacher, n, chunk, opts[5] and ctx.needs_input_grad[0])
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            c, k = _chunk(logits[lo:hi].float(), targets, teacher, lo, hi, temperature, kd_rows, "loss")
+            c, k = _chunk(logits[lo:hi].float(), targets, teacher, lo, hi, temperature, kd_rows, "loss",
+                          keep_teacher=keep)
             if c is not None:
                 ce += c
             if k is not None:
@@ -261,7 +283,7 @@ class _LogitsLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce, grad_kd):
         (logits,) = ctx.saved_tensors
-        targets, teacher, temperature, chunk, kd_rows = ctx.opts
+        targets, teacher, temperature, chunk, kd_rows, _ = ctx.opts
         n_ce, n_kd = ctx.norms
         ce_scale = float(grad_ce) / max(n_ce, 1) if targets is not None else 0.0
         kd_scale = float(grad_kd) * temperature * temperature / max(n_kd, 1) if teacher is not None else 0.0
@@ -271,7 +293,17 @@ class _LogitsLoss(torch.autograd.Function):
             g = _chunk(logits[lo:hi].float(), targets, teacher, lo, hi, temperature, kd_rows, "grad",
                        ce_scale, kd_scale)
             grad[lo:hi] = g.to(logits.dtype)
+        if teacher is not None:
+            teacher.release()
         return grad, None
+
+
+def _keep_teacher(teacher: Optional[Teacher], n: int, chunk: int, grad_follows: bool) -> bool:
+    """Whether the loss pass keeps the teacher's log p for the gradient pass: when all rows are one
+    chunk (at most one chunk buffer, ~128 MB at most, which the loss pass had alive anyway) and a
+    gradient will be asked for. Then the gradient pass does not apply the teacher's head and
+    softmax a second time. With several chunks each is recomputed, so memory stays one chunk."""
+    return teacher is not None and grad_follows and n <= chunk
 
 
 def _norms(targets, teacher, kd_rows, n) -> Tuple[int, int]:
@@ -315,8 +347,10 @@ def vocab_losses(hidden: Optional[torch.Tensor] = None, weight: Optional[torch.T
         raise ValueError(f"the teacher has {teacher.rows} rows and the student {n}")
     if kd_rows is not None:
         kd_rows = kd_rows.reshape(-1).bool()
+    # the last entry: grad mode is on here, so a gradient pass may follow (inside the autograd
+    # functions' forward it is always off)
     opts = (targets.reshape(-1) if targets is not None else None, teacher, float(temperature), int(chunk_tokens),
-            kd_rows)
+            kd_rows, torch.is_grad_enabled())
     if hidden is not None:
         if weight is None:
             raise ValueError("vocab_losses(hidden=...) needs the weight of the LM head")

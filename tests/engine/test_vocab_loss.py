@@ -174,3 +174,26 @@ def test_trainer_loss_through_the_head_equals_the_full_logits_formula(tied):
     assert abs(parts["task_loss"].item() - ce.item()) <= 1e-6 * ce.item()
     for got, want in zip(grads, ref_grads):
         assert _rel(got, want) <= 1e-4
+
+
+def test_one_chunk_keeps_the_teachers_log_probs_for_the_gradient_and_then_drops_them():
+    """All rows in one chunk: the loss pass keeps the teacher's log p, the gradient pass reads it
+    instead of applying the teacher's head again, and lets it go. Several chunks: nothing is kept
+    (memory stays one chunk). The gradients are those of the unchunked formulas either way."""
+    h, w, b, th, tw, ids = _problem()
+    ce_ref, kd_ref = _reference(h, w, b, ids, th, tw, 1.0)
+    g_ref = torch.autograd.grad(kd_ref, (h, w, b))
+    for chunk, kept in ((10_000, True), (16, False)):
+        teacher = Teacher(hidden=th, weight=tw)
+        _, kd = vocab_losses(h, w, b, teacher=teacher, chunk_tokens=chunk)
+        assert (teacher._kept is not None) == kept
+        if kept:
+            assert teacher._kept[3].shape == (h.shape[0], w.shape[0])
+        g = torch.autograd.grad(kd, (h, w, b))
+        assert teacher._kept is None  # released by the gradient pass
+        for got, want in zip(g, g_ref):
+            assert _rel(got, want) <= 2e-6
+    with torch.no_grad():  # no gradient to come: nothing kept
+        teacher = Teacher(hidden=th, weight=tw)
+        vocab_losses(h, w, b, teacher=teacher, chunk_tokens=10_000)
+        assert teacher._kept is None
