@@ -21,7 +21,10 @@ def test_model_step_lists_layers_from_the_meta_model_and_run_page_shows_the_plan
     apply_fast(window)
     window.state.set("mode", "qad")
     choose_data(qtbot, window, text_file)
-    qtbot.waitUntil(lambda: window.run_panel.memory_summary.text().startswith("Peak"), timeout=30_000)
+    # the plan of the recipe as it is now: a plan of an earlier state (before mode qad) may be on
+    # show while the current one is computed, so wait for the planning task to be done too
+    qtbot.waitUntil(lambda: not window.plan_task.busy and window.run_panel.memory_summary.text().startswith("Peak")
+                    and "<td>train</td>" in window.run_panel.memory_stages.text(), timeout=30_000)
     text = window.run_panel.memory_summary.text()
     assert "fits" in text and "cpu" in text
     stages = window.run_panel.memory_stages.text()
