@@ -120,6 +120,14 @@ class ChoiceDelegate(QStyledItemDelegate):
         model.setData(index, editor.currentData(), Qt.ItemDataRole.EditRole)
 
 
+def _select_quietly(combo: QComboBox, index: int) -> None:
+    """Show ``index`` without emitting the change: the recipe already holds that value."""
+    if index != combo.currentIndex():
+        combo.blockSignals(True)
+        combo.setCurrentIndex(index)
+        combo.blockSignals(False)
+
+
 class FormatPanel(Page):
     scheme_chosen = Signal(str)
     algorithm_chosen = Signal(str)  # calibration.algorithm
@@ -247,10 +255,8 @@ class FormatPanel(Page):
 
     def set_algorithm(self, name: str) -> None:
         i = self.algorithm_combo.findData(name)
-        if i >= 0 and i != self.algorithm_combo.currentIndex():
-            self.algorithm_combo.blockSignals(True)
-            self.algorithm_combo.setCurrentIndex(i)
-            self.algorithm_combo.blockSignals(False)
+        if i >= 0:
+            _select_quietly(self.algorithm_combo, i)
         self.algorithm_help.setText(ALGORITHMS.get(name, ""))
         self._show_awq_choice(name)
 
@@ -261,19 +267,12 @@ class FormatPanel(Page):
         self.awq_unfoldable_label.setEnabled(on)
 
     def set_awq_unfoldable(self, value: Any) -> None:
-        i = self.awq_unfoldable_combo.findData(value)
-        i = max(i, 0)
-        if i != self.awq_unfoldable_combo.currentIndex():
-            self.awq_unfoldable_combo.blockSignals(True)
-            self.awq_unfoldable_combo.setCurrentIndex(i)
-            self.awq_unfoldable_combo.blockSignals(False)
+        _select_quietly(self.awq_unfoldable_combo, max(self.awq_unfoldable_combo.findData(value), 0))
 
     def set_sequential(self, value: Any) -> None:
+        # by value and type, since True == 1
         i = next((n for n, (v, _) in enumerate(SEQUENTIAL_CHOICES) if v == value and type(v) is type(value)), 0)
-        if i != self.sequential_combo.currentIndex():
-            self.sequential_combo.blockSignals(True)
-            self.sequential_combo.setCurrentIndex(i)
-            self.sequential_combo.blockSignals(False)
+        _select_quietly(self.sequential_combo, i)
 
     def _on_algorithm_selected(self, index: int) -> None:
         key = self.algorithm_combo.itemData(index)
