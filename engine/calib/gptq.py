@@ -91,6 +91,14 @@ def relative_output_error(weight: torch.Tensor, q: torch.Tensor, H: torch.Tensor
     return float(((d @ H) * d).sum()) / den if den > 0 else 0.0
 
 
+def _row_error(q: torch.Tensor, values: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per row of ``values`` [rows, n], the squared rounding error of ``q``, each column weighted by
+    ``weight`` [n] (the Hessian diagonal) when given: [rows, 1]."""
+    d = q - values
+    d = d * d
+    return (d * weight.reshape(1, -1) if weight is not None else d).sum(-1, keepdim=True)
+
+
 def searched_group_params(fmt: Format, values: torch.Tensor, weight: Optional[torch.Tensor] = None,
                           grid: int = SEARCH_GRID, min_ratio: float = SEARCH_MIN_RATIO) -> dict:
     """Scales of each row of ``values`` [rows, group] chosen by an error search.
@@ -102,12 +110,8 @@ def searched_group_params(fmt: Format, values: torch.Tensor, weight: Optional[to
     ``fmt.group_params(values, amax)`` of the chosen amax, so the scales are the format's
     own rule applied to a stored amax and fake_quant reproduces them.
     """
-    w = weight.reshape(1, -1) if weight is not None else None
-
     def error_of(cand: torch.Tensor) -> torch.Tensor:
-        d = fmt.quantize_fixed(values, fmt.group_params(values, cand)) - values
-        d = d * d
-        return (d * w if w is not None else d).sum(-1, keepdim=True)
+        return _row_error(fmt.quantize_fixed(values, fmt.group_params(values, cand)), values, weight)
 
     best = best_clip(finite_abs(values).amax(-1, keepdim=True), torch.linspace(1.0, min_ratio, grid).tolist(),
                      error_of)
@@ -128,7 +132,6 @@ def searched_block_params(fmt: Format, values: torch.Tensor, tensor_amax: Option
     to the top code (``pin_positions``), so the stored block max is 6 x the chosen scale and
     fake_quant finds that scale again from the rounded block.
     """
-    w = weight.reshape(1, -1) if weight is not None else None
     bmax = finite_abs(values).amax(-1, keepdim=True)
     safe = torch.where(bmax > 0, bmax, torch.ones_like(bmax))
 
@@ -137,14 +140,11 @@ def searched_block_params(fmt: Format, values: torch.Tensor, tensor_amax: Option
 
     def error_of(cand: torch.Tensor) -> torch.Tensor:
         p = params_of(cand)
-        d = fmt.quantize_fixed(values, p, fmt.pin_positions(values, p)) - values
-        d = d * d
-        return (d * w if w is not None else d).sum(-1, keepdim=True)
+        return _row_error(fmt.quantize_fixed(values, p, fmt.pin_positions(values, p)), values, weight)
 
     return params_of(best_clip(bmax, torch.linspace(1.0, min_ratio, grid).tolist(), error_of))
 
 
-@torch.no_grad()
 def scale_search_for(setting: Union[bool, str], fmt: Format) -> bool:
     """Whether the scale search runs for a layer of weight format ``fmt``: true / false as given,
     ``"auto"`` for formats of at most AUTO_SEARCH_MAX_BITS bits."""
@@ -155,6 +155,7 @@ def scale_search_for(setting: Union[bool, str], fmt: Format) -> bool:
     raise LowbitError(f"gptq scale_search must be true, false or 'auto', not {setting!r}")
 
 
+@torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, fmt: Format, tensor_amax: Optional[torch.Tensor] = None,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = False,
                   scale_search: Union[bool, str] = False, search_grid: int = SEARCH_GRID,
