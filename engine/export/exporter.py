@@ -41,24 +41,31 @@ def input_multipliers(model: nn.Module) -> Dict[str, torch.Tensor]:
             if isinstance(m, QuantLinear) and m.pre_quant_scale is not None}
 
 
+def _carries(target: str, layer: LayerQuant) -> bool:
+    """Whether ``target`` can write ``layer``'s explicit input multiplier: dense folds it into the weight
+    where the activations stay in high precision, ModelOpt in its AWQ layouts, nothing else."""
+    if target == dense.TARGET:
+        return layer.act_fmt is None
+    if target == modelopt.TARGET:
+        return modelopt.carries_input_multiplier(layer)
+    return False
+
+
 def _check_multipliers(model: nn.Module, layers: Dict[str, LayerQuant], target: str) -> None:
     """The dense export folds an input multiplier into the weight it writes (x * p @ W^T = x @ (W p)^T);
     ModelOpt writes it as the layer's ``pre_quant_scale`` where its pairing has an AWQ layout
     (W4A16_AWQ, NVFP4_AWQ). Refused, naming the layers and the fix: compressed-tensors (its loaders
     know no such tensor), ModelOpt pairings without an AWQ layout, and dense layers whose activations
     are quantized (a plain load would quantize x instead of x * p)."""
-    mult = input_multipliers(model)
-    if target == dense.TARGET:
-        bad = [n for n in mult if n in layers and layers[n].act_fmt is not None]
-        why = "their activations are quantized, and a reload would quantize x instead of x * scale"
-    elif target == modelopt.TARGET:
-        bad = [n for n in mult if n in layers and not modelopt.carries_input_multiplier(layers[n])]
-        why = ("ModelOpt has a pre_quant_scale tensor only in its AWQ layouts (W4A16_AWQ: int4 groups, weights "
-               "only; NVFP4_AWQ: NVFP4 weights and static NVFP4 activations), not for these layers' formats")
-    else:
-        bad = [n for n in mult if n in layers]
-        why = f"{target} loaders know no per-input-channel multiplier tensor"
+    bad = [n for n in input_multipliers(model) if n in layers and not _carries(target, layers[n])]
     if bad:
+        if target == dense.TARGET:
+            why = "their activations are quantized, and a reload would quantize x instead of x * scale"
+        elif target == modelopt.TARGET:
+            why = ("ModelOpt has a pre_quant_scale tensor only in its AWQ layouts (W4A16_AWQ: int4 groups, weights "
+                   "only; NVFP4_AWQ: NVFP4 weights and static NVFP4 activations), not for these layers' formats")
+        else:
+            why = f"{target} loaders know no per-input-channel multiplier tensor"
         more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
         raise ExportError(
             f"{len(bad)} quantized layers keep an explicit AWQ input scale (AWQ found no norm or linear whose "
@@ -75,12 +82,7 @@ def carries_input_multipliers(model: nn.Module, target: Optional[str]) -> bool:
     if not target:
         return True
     target = writer_for(target).target
-    layers = quantized_layers(model, assume_calibrated=True).values()
-    if target == dense.TARGET:
-        return all(layer.act_fmt is None for layer in layers)
-    if target == modelopt.TARGET:
-        return all(modelopt.carries_input_multiplier(layer) for layer in layers)
-    return False
+    return all(_carries(target, layer) for layer in quantized_layers(model, assume_calibrated=True).values())
 
 
 def check_exportable(model: nn.Module, target: str, before_calibration: bool = False) -> None:
