@@ -9,7 +9,9 @@ saved tensors and gradients) keeps several of them alive at once. Here:
   only the hidden states and recomputes each chunk's logits in the backward pass;
 - the teacher's logits are never whole in fp32 either: they come per chunk from the
   teacher's hidden states and head (or from a logits tensor in its own dtype, e.g. bf16,
-  converted one chunk at a time, or from its top-k values and indices);
+  converted one chunk at a time, or from its top-k values and indices); when every row fits in
+  one chunk, that chunk's log-probabilities are kept from the loss pass for the gradient pass
+  instead of being computed twice;
 - the loss values and gradients are the same as the unchunked formulas
   (``F.cross_entropy`` over the shifted tokens, ``F.kl_div(..., reduction="batchmean")
   * T^2``): each chunk's sum is exact and the chunk sums are added in float64.
@@ -205,11 +207,11 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden, weight, bias, opts):
-        targets, teacher, temperature, chunk, kd_rows, _ = opts
+        targets, teacher, temperature, chunk, kd_rows, grad_on = opts
         n = hidden.shape[0]
         ce = torch.zeros((), dtype=torch.float64, device=hidden.device)
         kd = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        keep = _keep_teacher(teacher, n, chunk, opts[5] and any(ctx.needs_input_grad[:3]))
+        keep = _keep_teacher(teacher, n, chunk, grad_on and any(ctx.needs_input_grad[:3]))
         with torch.no_grad():
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
@@ -261,11 +263,11 @@ class _LogitsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, opts):
-        targets, teacher, temperature, chunk, kd_rows, _ = opts
+        targets, teacher, temperature, chunk, kd_rows, grad_on = opts
         n = logits.shape[0]
         ce = torch.zeros((), dtype=torch.float64, device=logits.device)
         kd = torch.zeros((), dtype=torch.float64, device=logits.device)
-        keep = _keep_teacher(teacher, n, chunk, opts[5] and ctx.needs_input_grad[0])
+        keep = _keep_teacher(teacher, n, chunk, grad_on and ctx.needs_input_grad[0])
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             c, k = _chunk(logits[lo:hi].float(), targets, teacher, lo, hi, temperature, kd_rows, "loss",
