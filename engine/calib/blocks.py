@@ -114,3 +114,42 @@ def run_block(block: nn.Module, inputs: List[Tuple[tuple, dict]]) -> List[Tuple[
 
 def block_hidden(inputs: List[Tuple[tuple, dict]]) -> List[torch.Tensor]:
     return [_hidden_of(a, k) for a, k in inputs]
+
+
+def to_device(inputs: List[Tuple[tuple, dict]], device) -> List[Tuple[tuple, dict]]:
+    """Captured block inputs with every tensor in them on ``device``."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if isinstance(v, tuple):
+            return tuple(move(x) for x in v)
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        return v
+
+    return [(move(a), {k: move(v) for k, v in kw.items()}) for a, kw in inputs]
+
+
+def move_own(modules, device) -> None:
+    """Move each module's own parameters and buffers (not its children's); shared ones move once."""
+    for m in modules:
+        for p in m.parameters(recurse=False):
+            if p.device != torch.device(device):
+                p.data = p.data.to(device)
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None:
+                m._buffers[name] = b.to(device)
+
+
+def outside_of(model: nn.Module, blocks: nn.ModuleList) -> List[nn.Module]:
+    """The modules of ``model`` not inside the block stack (embeddings, rotary tables, final norm, head)."""
+    inside = {id(m) for b in blocks for m in b.modules()}
+    return [m for m in model.modules() if id(m) not in inside]
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of its input embeddings (else of its first parameter)."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    weight = getattr(emb, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else next(model.parameters()).device

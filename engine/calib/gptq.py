@@ -404,11 +404,61 @@ class _only_weights_in:
         return False
 
 
+def _gptq_blocks(model: nn.Module, prefix: str, stack: nn.ModuleList, forward_loop, settings: dict,
+                 result: GPTQResult, in_blocks: set, progress, cancel, device) -> None:
+    """GPTQ the blocks in order, each on the previous (already quantized) blocks' outputs; with
+    ``device``, each block on that device while it is done (see :func:`gptq`)."""
+    home = next(model.parameters()).device
+    dev = torch.device(device) if device is not None else home
+    moving = dev != home
+    outside = _blocks.outside_of(model, stack) if moving else []
+    n_blocks = len(stack)
+    all_mods = [(n, m) for n, m in quant_layers(model)]
+    _blocks.move_own(outside, dev)
+    try:
+        with _only_weights_in(all_mods, weights=False):  # the first block sees the original model's input
+            inputs = _blocks.capture_block_inputs(model, stack[0], forward_loop)
+        if moving:
+            inputs = _blocks.to_device(inputs, dev)
+        for i, block in enumerate(stack):
+            if cancel is not None:
+                cancel.check()
+            t0 = time.perf_counter()
+            name = f"{prefix}.{i}" if prefix else str(i)
+            layers = _layers_of(block, name)
+            in_blocks.update(n for n, _ in layers)
+            block_mods = [(n, m) for n, m in block.named_modules() if isinstance(m, QuantLinear)]
+            if moving:
+                block.to(dev)
+            try:
+                if layers:
+                    with _only_weights_in(block_mods, weights=False), _Hessians(layers) as hess:
+                        for args, kwargs in inputs:
+                            hess.next_batch()
+                            block(*args, **kwargs)
+                    _quantize_layers(layers, hess, settings, result, i, cancel)
+                    del hess
+                if i + 1 < n_blocks:
+                    with _only_weights_in(block_mods, weights=True):
+                        inputs = _blocks.run_block(block, inputs)
+            finally:
+                if moving:
+                    block.to(home)
+            seconds = time.perf_counter() - t0
+            result.blocks.append({"index": i, "name": name, "layers": len(layers), "seconds": round(seconds, 4),
+                                  "device": str(dev)})
+            if progress is not None:
+                progress(i + 1, n_blocks, {"block": name, "seconds": seconds})
+        del inputs
+    finally:
+        _blocks.move_own(outside, home)
+
+
 @torch.no_grad()
 def gptq(model: nn.Module, forward_loop: Callable[[nn.Module], None], damp: float = 0.01, block_size: int = 128,
          act_order: bool = False, scale_search: Union[bool, str] = "auto", search_grid: int = SEARCH_GRID,
          search_min_ratio: float = SEARCH_MIN_RATIO, progress: Optional[Callable[[int, int, Dict], None]] = None,
-         cancel: Optional[CancelToken] = None) -> GPTQResult:
+         cancel: Optional[CancelToken] = None, device: Optional[Union[str, torch.device]] = None) -> GPTQResult:
     """GPTQ every supported QuantLinear of ``model`` on the calibration data of ``forward_loop``.
 
     Transformer blocks run one at a time on their own inputs; ``progress(done, total, info)``
@@ -416,6 +466,13 @@ def gptq(model: nn.Module, forward_loop: Callable[[nn.Module], None], damp: floa
     between layers. Layers outside the blocks (a quantized head) are done last on a full pass.
     The activation quantizers stay off while the Hessians are collected; calibrate the
     activations afterwards. ``scale_search``: see :func:`gptq_quantize`.
+
+    ``device``: the blocks go there one at a time (with their Hessians and the hidden states of
+    the calibration batches) and back to where the weights live, so a model larger than the
+    device is quantized on it; the parts around the blocks move there for the capture.
+    ``forward_loop`` must put the inputs where the model's input embeddings are
+    (:func:`engine.calib.blocks.input_device`). Layers outside the blocks are then done where
+    the weights live. None: everything where the weights are.
     """
     if search_grid < 2 or not 0 < search_min_ratio < 1:
         raise LowbitError(f"gptq scale search needs a grid of at least 2 ratios in (0, 1], "
@@ -435,33 +492,7 @@ def gptq(model: nn.Module, forward_loop: Callable[[nn.Module], None], damp: floa
     model.eval()
     try:
         if stack is not None:
-            n_blocks = len(stack)
-            all_mods = [(n, m) for n, m in quant_layers(model)]
-            with _only_weights_in(all_mods, weights=False):  # the first block sees the original model's input
-                inputs = _blocks.capture_block_inputs(model, stack[0], forward_loop)
-            for i, block in enumerate(stack):
-                if cancel is not None:
-                    cancel.check()
-                t0 = time.perf_counter()
-                name = f"{prefix}.{i}" if prefix else str(i)
-                layers = _layers_of(block, name)
-                in_blocks.update(n for n, _ in layers)
-                block_mods = [(n, m) for n, m in block.named_modules() if isinstance(m, QuantLinear)]
-                if layers:
-                    with _only_weights_in(block_mods, weights=False), _Hessians(layers) as hess:
-                        for args, kwargs in inputs:
-                            hess.next_batch()
-                            block(*args, **kwargs)
-                    _quantize_layers(layers, hess, settings, result, i, cancel)
-                    del hess
-                if i + 1 < n_blocks:
-                    with _only_weights_in(block_mods, weights=True):
-                        inputs = _blocks.run_block(block, inputs)
-                seconds = time.perf_counter() - t0
-                result.blocks.append({"index": i, "name": name, "layers": len(layers), "seconds": round(seconds, 4)})
-                if progress is not None:
-                    progress(i + 1, n_blocks, {"block": name, "seconds": seconds})
-            del inputs
+            _gptq_blocks(model, prefix, stack, forward_loop, settings, result, in_blocks, progress, cancel, device)
         rest = [(n, m) for n, m in all_layers if n not in in_blocks]
         if rest:  # outside the blocks: one pass of the whole model (its blocks already quantized)
             mods = [(n, m) for n, m in quant_layers(model)]

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import LowbitError
 from ..quant.select import quant_layers
-from .blocks import capture_block_inputs, find_blocks, run_block
+from .blocks import capture_block_inputs, find_blocks, move_own, outside_of, run_block, to_device
 
 
 def _static(module: nn.Module) -> list:
@@ -41,30 +41,6 @@ def left_outside(model: nn.Module) -> List[str]:
             if id(layer.input_quantizer) not in in_blocks and layer.input_quantizer in _static(model)]
 
 
-def _to_device(inputs, device):
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device)
-        if isinstance(v, tuple):
-            return tuple(move(x) for x in v)
-        if isinstance(v, list):
-            return [move(x) for x in v]
-        return v
-
-    return [(move(a), {k: move(v) for k, v in kw.items()}) for a, kw in inputs]
-
-
-def _move_own(modules, device) -> None:
-    """Move each module's own parameters and buffers (not its children's); shared ones move once."""
-    for m in modules:
-        for p in m.parameters(recurse=False):
-            if p.device != torch.device(device):
-                p.data = p.data.to(device)
-        for name, b in list(m.named_buffers(recurse=False)):
-            if b is not None:
-                m._buffers[name] = b.to(device)
-
-
 @torch.no_grad()
 def calibrate_activations_sequential(model: nn.Module, forward_loop: Callable[[nn.Module], None],
                                      device: torch.device | str, method: str = "max", percentile: float = 99.99,
@@ -79,13 +55,12 @@ def calibrate_activations_sequential(model: nn.Module, forward_loop: Callable[[n
         raise LowbitError("sequential calibration needs a stack of transformer blocks with quantized layers; "
                           "this model has none, so calibrate it whole")
     home = next(model.parameters()).device
-    inside = {id(m) for b in blocks for m in b.modules()}
     left_out = left_outside(model)
     act_method = "percentile" if method == "percentile" else "max"
-    outside = [m for m in model.modules() if id(m) not in inside]
-    _move_own(outside, device)  # embeddings, rotary tables, final norm, head: the parts around the blocks
+    outside = outside_of(model, blocks)
+    move_own(outside, device)  # embeddings, rotary tables, final norm, head: the parts around the blocks
     try:
-        inputs = _to_device(capture_block_inputs(model, blocks[0], forward_loop), device)
+        inputs = to_device(capture_block_inputs(model, blocks[0], forward_loop), device)
         for i, block in enumerate(blocks):
             block.to(device)
             qs = _static(block)
@@ -100,5 +75,5 @@ def calibrate_activations_sequential(model: nn.Module, forward_loop: Callable[[n
             if progress:
                 progress(f"block {i + 1} of {len(blocks)}")
     finally:
-        _move_own(outside, home)
+        move_own(outside, home)
     return left_out

@@ -20,7 +20,7 @@ from .fp8 import FP8Format
 from .integer import AsymIntFormat, IntFormat
 from .microscaling import MXFormat, NVFP4Format
 
-__all__ = ["Format", "QTensor", "FormatInfo", "get", "names", "table", "UnknownFormatError"]
+__all__ = ["Format", "QTensor", "FormatInfo", "get", "names", "table", "fused_kernels", "UnknownFormatError"]
 
 
 class UnknownFormatError(ValueError):
@@ -105,3 +105,11 @@ def table(row: int = 4096) -> List[FormatInfo]:
         f = get(n)
         rows.append(FormatInfo(n, f.bits, f.block_label, f.scale_type, round(f.effective_bits(row), 3), f.description))
     return rows
+
+
+def fused_kernels() -> bool:
+    """Whether fake quant of large tensors runs through the compiled kernels (one pass over memory,
+    no float32 temporaries of the whole tensor); False when ``LOWBIT_COMPILE=0`` or compiling failed."""
+    from . import _compile
+
+    return _compile.mode() != "off" and not _compile._broken

@@ -33,6 +33,7 @@ from ..devices import resolve_device
 from ..errors import LowbitError
 from ..io.inspect import ModelInfo, inspect_model
 from ..memory import available_ram, fmt_bytes, total_ram
+from ..formats import fused_kernels
 from ..quant import schemes
 from ..quant.select import plan_layers
 from ..train.vocab_loss import auto_chunk_tokens
@@ -216,6 +217,52 @@ def _block_params(info: ModelInfo) -> tuple:
     return max(sizes), sum(sizes)
 
 
+# layers that read an attention's output, not the normed input their siblings share
+_OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "wo", "c_proj", "dense")
+
+
+def _input_groups(info: ModelInfo, names: set) -> List[Dict[tuple, List[nn.Linear]]]:
+    """Per transformer block, the Linears named in ``names`` grouped by the input they read: layers of
+    one parent with one input width read the same tensor (q / k / v, gate / up), an output projection
+    its own. Keys are (parent, in_features, tag)."""
+    prefix, stack = find_blocks(info.model, nn.Linear)
+    out = []
+    for i, block in enumerate(stack or []):
+        name = f"{prefix}.{i}" if prefix else str(i)
+        groups: Dict[tuple, List[nn.Linear]] = {}
+        for sub, m in block.named_modules():
+            if not isinstance(m, nn.Linear) or f"{name}.{sub}" not in names:
+                continue
+            parent, _, leaf = sub.rpartition(".")
+            groups.setdefault((parent, m.in_features, leaf if leaf in _OUTPUT_PROJECTIONS else ""), []).append(m)
+        out.append(groups)
+    return out
+
+
+def _gptq_block_bytes(info: ModelInfo, plans) -> tuple:
+    """GPTQ's working memory for its largest block, in fp32: (Hessians of the block, the temporaries of
+    its largest layer group). Layers reading one input share a Hessian and are rounded as one stacked
+    matrix."""
+    hessians = temporaries = 0
+    for groups in _input_groups(info, {p.name for p in plans if p.weight}):
+        h = sum(4 * k[1] * k[1] for k in groups)
+        # one group at a time: the stacked weight (fp32 copies, the working copy, the result, a
+        # round-to-nearest reference) and the damped Hessian, its Cholesky factor and inverse
+        t = max((4 * (4 * sum(m.out_features for m in ms) * k[1] + 4 * k[1] * k[1]) for k, ms in groups.items()),
+                default=0)
+        hessians, temporaries = max(hessians, h), max(temporaries, t)
+    return hessians, temporaries
+
+
+def _quantized_inputs(info: ModelInfo, plans) -> tuple:
+    """Elements per token of the activations that are fake-quantized: (largest block's, all blocks'
+    together, the widest single input). Layers reading one tensor share one fake quant."""
+    groups = _input_groups(info, {p.name for p in plans if p.activation})
+    per_block = [sum(k[1] for k in g) for g in groups]
+    widest = max((p.in_features for p in plans if p.activation), default=0)
+    return max(per_block, default=0), sum(per_block), widest
+
+
 def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]]] = None,
              device: Optional[str] = None, sequential: Optional[str] = None) -> MemoryPlan:
     """The memory plan of ``recipe`` for the model described by ``info`` (no knobs).
@@ -238,41 +285,76 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
     seq = r.data.seq_len
     t_eval = r.data.batch_size * seq
     q_params, n_act, largest_q, plans = _linear_stats(r, info)
+    act_block, act_all, act_widest = _quantized_inputs(info, plans)
+    fused = fused_kernels()
     # on CUDA the forward runs under bf16 autocast; on the CPU in the model's dtype
     act_b = 2 if dev_type == "cuda" else b
     runtime = CPU_RUNTIME_BYTES if dev_type == "cpu" else 0
     stages: List[StagePlan] = []
+    # GPTQ rewrites the student's weights: the run keeps the originals of the layers it rounds (in CPU
+    # memory, from GPTQ to the end) to rebuild the original model as reference and teacher
+    gptq = "gptq" in r.calibration.algorithm.split("+")
+    kept = q_params * b if gptq else 0
 
-    def base(name: str, where: Optional[str] = None) -> StagePlan:
+    def base(name: str, where: Optional[str] = None, originals: bool = True) -> StagePlan:
         s = StagePlan(name, where or dev)
         if s.device == "cpu":
             s.add("runtime (Python, torch, transformers)", CPU_RUNTIME_BYTES, device="cpu")
         s.add(f"student weights ({dtype})", weights)
+        if kept and originals:
+            s.add(f"original weights of the GPTQ-rounded layers ({dtype})", kept, device="cpu",
+                  note="the reference and teacher are rebuilt from them")
         return s
 
     # load: the weights in place, plus the checkpoint's pages mapped while they are copied in
     # (transformers builds the model on the meta device and copies each tensor from the memory-mapped
     # safetensors file into place, converting its dtype: the file's pages are not kept)
-    s = base("load", "cpu" if sequential else dev)
+    s = base("load", "cpu" if sequential else dev, originals=False)
     stages.append(s)
 
-    stats = n_act * (4 << 20 if r.calibration.method == "percentile" else 64)
-    if sequential:
-        # the weights stay in CPU memory; on the device: the parts around the blocks, one block, and the
-        # hidden states of every calibration batch (a block's inputs and its outputs while it runs)
-        s = StagePlan("calibrate", dev)
+    def fake_quant_work(s: StagePlan, tokens: int) -> None:
+        """The fake quant of the widest quantized input of one forward: its output, and with the eager
+        kernels (LOWBIT_COMPILE=0) about six float32 temporaries of the whole tensor."""
+        if act_widest:
+            s.add("activation fake quant (widest input)", tokens * act_widest * (act_b if fused else 6 * 4),
+                  note="fused kernel: its output only" if fused else "eager kernels: float32 temporaries")
+
+    def block_by_block(name: str, one_block_on_device: bool) -> StagePlan:
+        """A stage that runs the blocks one after another on the calibration batches' hidden states
+        (GPTQ; calibration under ``sequential``, which keeps the weights in CPU memory and moves one
+        block at a time to the device)."""
+        s = StagePlan(name, dev)
         s.add("runtime (Python, torch, transformers)", CPU_RUNTIME_BYTES, device="cpu")
-        s.add(f"student weights ({dtype}, in CPU memory)", weights, device="cpu")
-        block, in_blocks = _block_params(info)
-        if dev != "cpu":
-            s.add("weights outside the blocks (embeddings, final norm, head)", (n_params - in_blocks) * b)
-            s.add("one block's weights", block * b, note=f"{nb} blocks, one on the device at a time")
+        if one_block_on_device:
+            s.add(f"student weights ({dtype}, in CPU memory)", weights, device="cpu")
+            block, in_blocks = _block_params(info)
+            if dev != "cpu":
+                s.add("weights outside the blocks (embeddings, final norm, head)", (n_params - in_blocks) * b)
+                s.add("one block's weights", block * b, note=f"{nb} blocks, one on the device at a time")
+        else:
+            s.add(f"student weights ({dtype})", weights)
+        if kept:
+            s.add(f"original weights of the GPTQ-rounded layers ({dtype})", kept, device="cpu")
         s.add("hidden states of the calibration batches", 2 * r.data.calib_batches * t_eval * h * act_b,
               note=f"{r.data.calib_batches} batches, a block's inputs and outputs")
         s.add("forward activations (one block)", _block_activations(info, t_eval, act_b, training=False))
+        return s
+
+    if gptq:
+        # the block's Hessians while it runs, then one layer group's rounding at a time
+        hess, temps = _gptq_block_bytes(info, plans)
+        s = block_by_block("gptq", bool(sequential))
+        s.add("Hessians of one block (fp32)", hess, note="layers reading one input share one")
+        s.add("rounding one layer group (fp32 weights, Hessian inverse)", temps)
+        stages.append(s)
+
+    stats = n_act * (4 << 20 if r.calibration.method == "percentile" else 64)
+    if sequential:
+        s = block_by_block("calibrate", True)
         s.add("weight calibration temporaries (largest layer)", largest_q * 4 * 3, device="cpu",
               note=f"{r.calibration.method} on fp32 copies, where the weights are")
         s.add("calibration statistics", stats)
+        fake_quant_work(s, t_eval)
         stages.append(s)
         dev = sequential  # the stages after calibration
         dev_type = dev.split(":")[0]
@@ -286,13 +368,17 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
         s.add("weight calibration temporaries (largest layer)", largest_q * 4 * 3,
               note=f"{r.calibration.method} on fp32 copies")
         s.add("calibration statistics", stats)
+        fake_quant_work(s, t_eval)
         stages.append(s)
 
     # evaluate: original and quantized logits of one batch and their fp32 log-softmaxes
     s = base("evaluate")
+    if gptq:
+        s.add(f"reference: the original model rebuilt ({dtype})", weights, note="GPTQ rewrote the student's weights")
     s.add("forward activations (one block at a time)", _block_activations(info, t_eval, act_b, training=False))
     s.add("logits: original + quantized, fp32 log-probs", t_eval * v * (2 * act_b + 5 * 4),
           note="whole-vocabulary metrics of one batch")
+    fake_quant_work(s, t_eval)
     stages.append(s)
 
     if r.mode in ("qat", "qad"):
@@ -320,15 +406,22 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
         else:
             acts = nb * _block_activations(info, micro, act_b, training=True)
             act_note = "every block's saved tensors"
+        # each fake-quantized input is saved for the matmul's backward (its producer keeps the original
+        # where its own backward needs it) with its STE mask (one byte per element)
+        saved_act = (act_block if t.gradient_checkpointing else act_all) * micro * (act_b + 1)
         chunk = auto_chunk_tokens(v)
         loss = micro * h * 4 + 5 * min(chunk, micro) * v * 4 + v * h * 4
-        forward_peak = trainable * b + saved_fq + acts + loss
+        forward_peak = trainable * b + saved_fq + saved_act + acts + loss
         if grads_step >= forward_peak:
             s.add("gradients (fp32) + AdamW temporaries at the step", grads_step)
         else:
             s.add(f"gradients ({dtype}) in backward", trainable * b)
             s.add("fake-quantized weights saved for backward", saved_fq)
             s.add(f"activations (micro-batch of {micro} tokens)", acts, note=act_note)
+            if saved_act:
+                s.add("fake-quantized inputs and STE masks saved for backward", saved_act,
+                      note="one per tensor the quantized layers read")
+            fake_quant_work(s, micro)
             s.add("chunked vocabulary loss buffers", loss,
                   note=f"{min(chunk, micro)} tokens per chunk, never the whole logits")
         stages.append(s)
@@ -337,6 +430,7 @@ def estimate(recipe, info: ModelInfo, capacity: Optional[Dict[str, Optional[int]
         s.add(f"reference weights ({dtype}, the frozen original)", weights, device=t_dev)
         s.add("forward activations (one block at a time)", _block_activations(info, t_eval, act_b, training=False))
         s.add("logits: original + quantized, fp32 log-probs", t_eval * v * (2 * act_b + 5 * 4))
+        fake_quant_work(s, t_eval)
         stages.append(s)
 
     # save + export: the student written shard by shard (engine.statefile); an export packs and verifies layer by layer
@@ -469,8 +563,8 @@ def check_fits(plan: MemoryPlan) -> None:
 # --------------------------------------------------------------------------- in a run
 
 # which planned stage each of a run's measured stages belongs to
-RUN_STAGES = {"load": "load", "calibrate weights": "calibrate", "calibrate": "calibrate", "evaluate ptq": "evaluate",
-              "evaluate final": "evaluate final", "train": "train", "export": "export"}
+RUN_STAGES = {"load": "load", "gptq": "gptq", "calibrate weights": "calibrate", "calibrate": "calibrate",
+              "evaluate ptq": "evaluate", "evaluate final": "evaluate final", "train": "train", "export": "export"}
 
 
 def plan_stage(ctx) -> None:

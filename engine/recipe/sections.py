@@ -129,7 +129,7 @@ class CalibrationSection(_Section):
     smoothquant_alpha: Any = _opt("auto", _FloatOrAuto(ge=0, le=1),
                                   "SmoothQuant migration strength in [0, 1]; 'auto' searches 0.3 .. 0.8 per layer group")
     sequential: Any = _opt("auto", _BoolOrAuto(),
-                           "calibrate one transformer block on the device at a time, the weights kept in CPU memory "
+                           "calibrate (and GPTQ) one transformer block on the device at a time, the weights kept in CPU memory "
                            "(for a model larger than the GPU); auto = in PTQ runs, when the memory plan says the whole "
                            "model does not fit the GPU but the run fits with the stages after calibration on the "
                            "CPU; on a CPU it changes nothing")

@@ -369,3 +369,31 @@ def test_recipe_keys_validate_and_round_trip():
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_scale_search": "yes please"}})
     with pytest.raises(RecipeError, match="gptq_damp"):
         Recipe.from_dict({"model": {"path": "demo"}, "calibration": {"gptq_damp": 0}})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_gptq_one_block_on_cuda_at_a_time_matches_gptq_of_the_model_on_cuda():
+    """GPTQ with ``device``: the weights stay in CPU memory, each block goes to the GPU while it is
+    rounded, and the result is what GPTQ of the whole model on the GPU gives."""
+    from engine.calib.blocks import input_device
+
+    batches = _text_batches(None)
+    model = _quantized(_llama(3), "int4_g128", batches)
+    on_gpu = copy.deepcopy(model).cuda()
+
+    def loop(m):
+        for b in batches:
+            m(input_ids=b.to(input_device(m)))
+
+    whole = gptq(on_gpu, loop)
+    seq = gptq(model, loop, device="cuda")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(b.device.type == "cpu" for b in model.buffers())
+    assert {b["device"] for b in seq.blocks} == {"cuda:0"}
+    gpu_layers = dict(quant_layers(on_gpu))
+    for name, layer in quant_layers(model):
+        a, b = layer.weight.detach(), gpu_layers[name].weight.detach().cpu()
+        assert (a == b).float().mean() > 0.99, name  # float sums in another order on the same device: a few ties
+    errors = {row["name"]: row["gptq_error"] for row in whole.layers}
+    for row in seq.layers:
+        assert row["gptq_error"] == pytest.approx(errors[row["name"]], rel=0.02), row["name"]

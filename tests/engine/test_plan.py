@@ -90,6 +90,53 @@ def test_the_8b_plan_counts_every_training_item_and_its_knobs_save_memory():
     assert ptq.fits and ptq.stage("calibrate").peak_bytes < 20 << 30
 
 
+def test_the_8b_gptq_plan_counts_the_hessians_and_the_originals_it_keeps():
+    info = inspect_config(_llama3_8b())
+    r = Recipe.from_dict({"model": {"path": "x", "dtype": "bfloat16"}, "device": "cpu", "mode": "ptq",
+                          "data": {"seq_len": 512, "batch_size": 1, "calib_batches": 16},
+                          "quant": {"scheme": "W4A16-INT4"}, "calibration": {"algorithm": "gptq"}})
+    p = plan_recipe(r, info=info, device="cuda:0", capacity={"cuda:0": 80 << 30, "cpu": 256 << 30})
+    items = {i.name: i for i in p.stage("gptq").items}
+    h, i = 4096, 14_336
+    # q / k / v share the normed input, gate / up the MLP's, o_proj and down_proj read their own
+    assert items["Hessians of one block (fp32)"].bytes == 4 * (3 * h * h + i * i)
+    # the largest group: gate / up stacked (2 x 14336 rows of 4096) against down (4096 rows of 14336)
+    gate_up = 4 * (4 * 2 * i * h + 4 * h * h)
+    down = 4 * (4 * h * i + 4 * i * i)
+    assert items["rounding one layer group (fp32 weights, Hessian inverse)"].bytes == max(gate_up, down)
+    linear = 32 * (h * (h + 2 * 1024 + h) + 3 * h * i)  # the quantized layers (the head is excluded)
+    originals = "original weights of the GPTQ-rounded layers (bfloat16)"
+    assert items[originals].bytes == 2 * linear and items[originals].device == "cpu"
+    assert items["hidden states of the calibration batches"].bytes == 2 * 16 * 512 * h * 2
+    evaluate = {i.name: i.bytes for i in p.stage("evaluate").items}
+    assert evaluate["reference: the original model rebuilt (bfloat16)"] == evaluate["student weights (bfloat16)"]
+    assert evaluate[originals] == 2 * linear
+    rtn = plan_recipe(r.with_updates({"calibration.algorithm": "rtn"}), info=info, device="cuda:0",
+                      capacity={"cuda:0": 80 << 30, "cpu": 256 << 30})
+    assert "gptq" not in [s.name for s in rtn.stages]
+    assert originals not in {i.name for i in rtn.stage("evaluate").items}
+
+
+@pytest.mark.parametrize("compile_setting,per_element", [("auto", 2), ("0", 24)])
+def test_the_8b_w4a4_plan_counts_quantized_inputs_and_masks(compile_setting, per_element, monkeypatch):
+    monkeypatch.setenv("LOWBIT_COMPILE", compile_setting)
+    info = inspect_config(_llama3_8b())
+    cap = {"cuda:0": 80 << 30, "cpu": 256 << 30}
+    w4a4 = plan_recipe(_recipe("unused", **{"quant.scheme": "W4A4-NVFP4"}), info=info, device="cuda:0", capacity=cap)
+    w4a16 = plan_recipe(_recipe("unused", **{"quant.scheme": "W4A16-NVFP4"}), info=info, device="cuda:0",
+                        capacity=cap)
+    h, i, tokens = 4096, 14_336, 4 * 512
+    train = {it.name: it.bytes for it in w4a4.stage("train").items}
+    # per block: the normed input q / k / v share, o_proj's, the MLP's normed input gate / up share,
+    # down_proj's; each saved in bf16 (CUDA autocast) with a one-byte mask
+    assert train["fake-quantized inputs and STE masks saved for backward"] == 32 * (3 * h + i) * tokens * 3
+    assert train["activation fake quant (widest input)"] == tokens * i * per_element
+    assert "fake-quantized inputs and STE masks saved for backward" not in {
+        it.name for it in w4a16.stage("train").items}
+    evaluate = {it.name: it.bytes for it in w4a4.stage("evaluate").items}
+    assert evaluate["activation fake quant (widest input)"] == tokens * i * per_element
+
+
 def _cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=timeout)
 

@@ -11,7 +11,7 @@ from ...export import carries_input_multipliers, preflight
 from ...io.batch import model_inputs
 from ... import calib
 from ...calib.awq import awq, resolve_unfoldable
-from ...calib.blocks import find_blocks
+from ...calib.blocks import find_blocks, input_device
 from ...calib.gptq import gptq
 from ...calib.sequential import calibrate_activations_sequential, left_outside
 from ...calib.smoothquant import smoothquant
@@ -41,13 +41,19 @@ def calibrate_stage(ctx: RunContext) -> None:
             raise LowbitError(f"calibration.sequential calibrates the layers inside the transformer blocks, and "
                               f"{', '.join(outside[:3])} sit outside them: leave them unquantized (quant.exclude) "
                               "or set calibration.sequential: false")
-        if steps != ["rtn"]:
-            ctx.log(f"calibration.algorithm {r.calibration.algorithm} runs on the whole model where its weights "
-                    "are (CPU memory); only the activation scales go one block on the device at a time")
+        whole = [s for s in steps if s in ("awq", "smoothquant")]
+        if whole:
+            ctx.log(f"calibration.algorithm {'+'.join(whole)} runs on the whole model where its weights are "
+                    "(CPU memory); GPTQ and the activation scales go one block on the device at a time")
 
     def plain_loop(m):
         for ids in batches:
             m(**model_inputs(ids, where))
+
+    def block_loop(m):  # GPTQ's: the inputs go where the embeddings are (on the device under sequential)
+        at = input_device(m)
+        for ids in batches:
+            m(**model_inputs(ids, at))
 
     algo_report: Dict[str, Any] = {"algorithm": r.calibration.algorithm, "steps": []}
     for step in steps:  # scaling first: it changes the weights that the scales are measured on
@@ -74,13 +80,17 @@ def calibrate_stage(ctx: RunContext) -> None:
                                 progress=lambda name: prog.step(detail=name))
     if "gptq" in steps:
         ctx.original_weights = {n: m.weight.detach().to("cpu", copy=True) for n, m in quant_layers(model)}
-        with ctx.stage("gptq", None, detail=f"{len(batches)} batches") as prog:
-            res = gptq(model, plain_loop, damp=r.calibration.gptq_damp, block_size=r.calibration.gptq_block_size,
+        n_blocks = len(find_blocks(model)[1] or []) or None
+        with ctx.stage("gptq", n_blocks, detail=f"{len(batches)} batches") as prog:
+            def block_done(i, total, info):
+                prog.step(detail=f"{info['block']} in {info['seconds']:.1f} s")
+                ctx.log(f"gptq: block {i}/{total} ({info['block']}) in {info['seconds']:.2f} s")
+
+            res = gptq(model, block_loop, damp=r.calibration.gptq_damp, block_size=r.calibration.gptq_block_size,
                        act_order=r.calibration.gptq_act_order, scale_search=r.calibration.gptq_scale_search,
                        search_grid=r.calibration.mse_grid, search_min_ratio=r.calibration.mse_min_ratio,
-                       cancel=ctx.cancel,
-                       progress=lambda i, total, info: ctx.log(
-                           f"gptq: block {i}/{total} ({info['block']}) in {info['seconds']:.2f} s"))
+                       cancel=ctx.cancel, device=ctx.device if ctx.sequential is not None else None,
+                       progress=block_done)
         ctx.log(f"gptq: {len(res.layers)} layers in {res.seconds:.1f} s")
         algo_report["steps"].append(res.to_dict())
     if algo_report["steps"]:
