@@ -211,6 +211,7 @@ class MainWindow(QMainWindow):
 
         self.device_task.succeeded.connect(self.run_panel.set_devices)
         self.plan_task.succeeded.connect(self.run_panel.show_memory_plan)
+        self.plan_task.busy_changed.connect(self.run_panel.set_plan_updating)
         self.plan_task.failed.connect(lambda m, d: self.run_panel.show_memory_plan({"error": m}))
         self.run_panel.start_requested.connect(self.start_run)
         self.run_panel.cancel_requested.connect(self.cancel_run)

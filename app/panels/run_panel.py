@@ -128,13 +128,25 @@ class RunPanel(Page):
         layout.addWidget(self.memory_summary)
         self.memory_stages = QLabel("")
         self.memory_stages.setTextFormat(Qt.TextFormat.RichText)
+        self.memory_stages.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.memory_stages.setWordWrap(True)
         layout.addWidget(self.memory_stages)
         box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)  # never squeezed shut
         return box
 
+    def set_plan_updating(self, busy: bool) -> None:
+        """While a changed recipe is planned, the plan on show is the previous recipe's: grey it out and say so."""
+        updating = "Updating for the changed recipe... "
+        text = self.memory_summary.text()
+        if busy and text.startswith("Peak"):
+            self.memory_summary.setText(updating + text)
+        elif not busy and text.startswith(updating):
+            self.memory_summary.setText(text[len(updating):])
+        self.memory_stages.setEnabled(not busy)
+
     def show_memory_plan(self, plan: dict) -> None:
         """Show a plan from engine.pipeline.plan (as app.jobs.memory_plan returns it)."""
+        self.memory_stages.setEnabled(True)
         if plan.get("error"):
             self.memory_summary.setText(f"No memory plan: {plan['error']}")
             self.memory_stages.setText("")
@@ -154,7 +166,8 @@ class RunPanel(Page):
         knobs = "".join(f"<li>{k['name']}: saves {fmt_bytes(k['saves_bytes'])} "
                         f"({', '.join(f'{a}: {b}' for a, b in k['change'].items())})</li>" for k in plan["knobs"])
         lines = len(plan["stages"]) + 1 + (len(plan["knobs"]) + 3 if plan["knobs"] else 0)
-        self.memory_stages.setMinimumHeight(self.memory_stages.fontMetrics().lineSpacing() * lines)
+        # a table row is a line plus its cell spacing
+        self.memory_stages.setMinimumHeight((self.memory_stages.fontMetrics().lineSpacing() + 4) * lines)
         self.memory_stages.setText(f"<table>{rows}</table>" + (f"<p>What would save memory:</p><ul>{knobs}</ul>"
                                                                if knobs else ""))
 

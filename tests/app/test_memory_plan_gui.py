@@ -32,3 +32,12 @@ def test_model_step_lists_layers_from_the_meta_model_and_run_page_shows_the_plan
         assert f"<td>{name}</td>" in stages
     window.go_to("run")
     screenshot(qtbot, window, "run-page-memory-plan")
+    # a changed recipe: the plan on show is the previous one's until the new one is in, and says so
+    before = window.run_panel.memory_stages.text()
+    window.state.set("data.seq_len", 2 * window.state.get("data.seq_len"))  # longer sequences: more activations
+    qtbot.waitUntil(lambda: window.plan_task.busy, timeout=5_000)
+    assert window.run_panel.memory_summary.text().startswith("Updating for the changed recipe... Peak")
+    assert not window.run_panel.memory_stages.isEnabled()
+    qtbot.waitUntil(lambda: not window.plan_task.busy and window.run_panel.memory_stages.isEnabled(), timeout=30_000)
+    assert window.run_panel.memory_summary.text().startswith("Peak")
+    assert window.run_panel.memory_stages.text() != before
